@@ -1,0 +1,247 @@
+"""Typed configuration.
+
+Every default lives in ``reidstream/cfg/default.yaml``; the dataclasses here only give the
+values their types. A config is built by layering the defaults, an optional user YAML file
+and ``section.key=value`` overrides from the command line, then checked strictly: an unknown
+key or a value of the wrong type is an error that names the key, never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG_PATH = Path(__file__).parent / "cfg" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class AssetsConfig:
+    assets_dir: str
+    data_dir: str
+    verify_sha256: bool
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    size: str
+    backbone: str
+    img_height: int
+    img_width: int
+    feat_dim: int
+    num_classes: int
+    num_cameras: int
+    num_views: int
+    sie: bool
+    sie_coef: float
+    jpm: bool
+    jpm_groups: int
+    jpm_shift: int
+    patch_stride: int
+    drop_path: float
+    pretrained: str
+    neck: str
+    dimn_mapping_layers: int
+    dimn_memory_momentum: float
+
+
+@dataclass
+class DataConfig:
+    dataset: str
+    train_split: str
+    query_split: str
+    gallery_split: str
+    ids_per_batch: int
+    images_per_id: int
+    num_workers: int
+    flip_prob: float
+    pad: int
+    erase_prob: float
+    mean: list[float]
+    std: list[float]
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str
+    dataset: str
+    batch_size: int
+    rerank: bool
+    rerank_k1: int
+    rerank_k2: int
+    rerank_lambda: float
+    rerank_exact_max: int
+    max_rank: int
+    output_dir: str
+    plot_queries: int
+
+
+@dataclass
+class EmbedConfig:
+    checkpoint: str
+    batch_size: int
+    device: str
+    fp16: bool
+    unknown_camera: str
+
+
+@dataclass
+class KafkaConfig:
+    bootstrap_servers: str
+    frames_topic: str
+    events_topic: str
+    tracks_topic: str
+    group_id: str
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_username: str
+    sasl_password: str
+    ssl_cafile: str
+    session_timeout_ms: int
+    max_poll_interval_ms: int
+    heartbeat_interval_ms: int
+    max_message_bytes: int
+
+
+@dataclass
+class Config:
+    assets: AssetsConfig
+    model: ModelConfig
+    data: DataConfig
+    eval: EvalConfig
+    embed: EmbedConfig
+    kafka: KafkaConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    schema: type = Config,
+) -> Any:
+    """Defaults, then the YAML file at ``path``, then overrides, checked against ``schema``."""
+    merged = _read_yaml(DEFAULT_CONFIG_PATH)
+    if path is not None:
+        _deep_merge(merged, _read_yaml(Path(path)), where=str(path))
+    for key, value in _parse_overrides(overrides):
+        _set_dotted(merged, key, value)
+    return build_dataclass(schema, merged, where="config")
+
+
+def build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """Build ``cls`` from a mapping, coercing and checking each field by its annotation."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}"
+        if name not in values:
+            has_default = (
+                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            )
+            if has_default:
+                continue
+            raise ConfigError(f"{key}: missing (every key needs a default in {DEFAULT_CONFIG_PATH})")
+        kwargs[name] = _coerce(hints[name], values[name], key)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(option, value, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} fits none of {tp}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and value is None:
+        return ""
+    if tp is str and isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with path.open() as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any], where: str) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value, f"{where}:{key}")
+        else:
+            base[key] = value
+
+
+def _parse_overrides(overrides: Iterable[str] | Mapping[str, Any]) -> list[tuple[str, Any]]:
+    if isinstance(overrides, Mapping):
+        return list(overrides.items())
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        parsed.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
+    return parsed
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a config section")
+        node = child
+    node[parts[-1]] = value
