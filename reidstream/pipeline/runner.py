@@ -1,0 +1,177 @@
+"""Wiring: builds the actors from the config, drives the camera workers, stops cleanly.
+
+The driver keeps exactly one step in flight per camera worker, so the work in the system is
+bounded by ``num_workers x max_poll_records`` frames whatever the input rate: a backlog waits in
+Kafka, not in memory. A worker that dies is restarted by Ray; the frames it had not committed
+are delivered again by the consumer group (at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from reidstream.config import Config
+from reidstream.pipeline.stages import (
+    CameraWorker,
+    DetectorStage,
+    EmbedderStage,
+    EventSink,
+    LinkerStage,
+    StepStats,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineStats:
+    """Totals since start; latencies are kept whole for percentiles."""
+
+    started: float = field(default_factory=time.monotonic)
+    frames: int = 0
+    bad: int = 0
+    events: int = 0
+    tracks_finished: int = 0
+    last_frame_at: float = field(default_factory=time.monotonic)
+    seconds: Counter = field(default_factory=Counter)
+    bad_by_reason: Counter = field(default_factory=Counter)
+    frame_latency_ms: list[float] = field(default_factory=list)
+    event_latency_ms: list[float] = field(default_factory=list)
+
+    def add(self, step: StepStats) -> None:
+        self.frames += step.frames
+        self.bad += step.bad
+        self.events += step.events
+        self.tracks_finished += step.tracks_finished
+        if step.frames or step.bad:
+            self.last_frame_at = time.monotonic()
+        self.seconds.update(step.seconds)
+        self.bad_by_reason.update(step.bad_by_reason)
+        self.frame_latency_ms.extend(step.frame_latency_ms)
+        self.event_latency_ms.extend(step.event_latency_ms)
+
+    def summary(self) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return {
+            "frames": self.frames,
+            "frames_per_s": self.frames / elapsed,
+            "bad_frames": self.bad,
+            "bad_by_reason": dict(self.bad_by_reason),
+            "events": self.events,
+            "tracks_finished": self.tracks_finished,
+            "frame_latency_ms": percentiles(self.frame_latency_ms),
+            "event_latency_ms": percentiles(self.event_latency_ms),
+            "stage_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    arr = np.asarray(values)
+    return {f"p{q}": round(float(np.percentile(arr, q)), 1) for q in (50, 95, 99)}
+
+
+class Pipeline:
+    """The running system on one Ray cluster (local or remote)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stats = PipelineStats()
+        self.workers: list[Any] = []
+        self._actors: list[Any] = []
+        self._stop = threading.Event()
+
+    def start(self) -> Pipeline:
+        import ray
+
+        from reidstream.ingest.kafka_io import ensure_topics
+
+        pc = self.cfg.pipeline
+        ensure_topics(self.cfg.kafka, partitions=max(2, pc.num_workers))
+        detectors = [
+            ray.remote(DetectorStage).options(num_cpus=pc.detector_num_cpus).remote(self.cfg)
+            for _ in range(pc.num_detectors)
+        ]
+        embedders = [
+            ray.remote(EmbedderStage).options(num_cpus=pc.embedder_num_cpus).remote(self.cfg)
+            for _ in range(pc.num_embedders)
+        ]
+        dim = ray.get(embedders[0].feature_dim.remote())
+        linker = ray.remote(LinkerStage).options(num_cpus=0).remote(self.cfg, dim)
+        sink = ray.remote(EventSink).options(num_cpus=0).remote(self.cfg)
+        self.workers = [
+            ray.remote(CameraWorker)
+            .options(num_cpus=pc.worker_num_cpus, max_restarts=3)
+            .remote(self.cfg, i, detectors[i % len(detectors)], embedders[i % len(embedders)],
+                    linker, sink)
+            for i in range(pc.num_workers)
+        ]
+        self._actors = [*detectors, *embedders, linker, sink, *self.workers]
+        self.sink = sink
+        ray.get([w.ready.remote() for w in self.workers])
+        log.info(
+            "pipeline up: %d worker(s), %d detector(s), %d embedder(s), %d gallery shard(s)",
+            pc.num_workers, pc.num_detectors, pc.num_embedders, self.cfg.gallery.num_shards,
+        )
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, on_progress: Callable[[PipelineStats], None] | None = None) -> PipelineStats:
+        """Drive the workers until stopped, out of time, or idle (per the pipeline config)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        pc = self.cfg.pipeline
+        self.stats = PipelineStats()  # rates and idleness count from here, not from start-up
+        in_flight = {w.step.remote(): w for w in self.workers}
+        last_progress = time.monotonic()
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                worker = in_flight.pop(ref)
+                try:
+                    self.stats.add(ray.get(ref))
+                except RayActorError as exc:
+                    log.error("camera worker died (%s); Ray restarts it, Kafka re-delivers", exc)
+                if not self._should_stop():
+                    in_flight[worker.step.remote()] = worker
+            now = time.monotonic()
+            if on_progress and now - last_progress >= pc.stats_interval_s:
+                on_progress(self.stats)
+                last_progress = now
+        return self.stats
+
+    def _should_stop(self) -> bool:
+        pc = self.cfg.pipeline
+        now = time.monotonic()
+        if pc.run_seconds and now - self.stats.started >= pc.run_seconds:
+            self._stop.set()
+        if pc.idle_stop_seconds and now - self.stats.last_frame_at >= pc.idle_stop_seconds:
+            self._stop.set()
+        return self._stop.is_set()
+
+    def shutdown(self) -> None:
+        """End open tracks (their summaries go out), close Kafka clients, free the actors."""
+        import ray
+
+        try:
+            for stats in ray.get([w.finish.remote() for w in self.workers], timeout=60):
+                self.stats.add(stats)
+            ray.get(self.sink.close.remote(), timeout=30)
+        except Exception as exc:  # shutting down: report, never hang
+            log.warning("pipeline shutdown was not clean: %s", exc)
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors.clear()
+        self.workers.clear()

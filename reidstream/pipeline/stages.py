@@ -1,0 +1,366 @@
+"""The pipeline's Ray actors, each with one job.
+
+- :class:`DetectorStage`: YOLO person detection, batched across cameras.
+- :class:`EmbedderStage`: re-id embeddings of track crops, with camera side information.
+- :class:`LinkerStage`: global identities over the sharded FAISS gallery (:mod:`.linker`).
+- :class:`EventSink`: produces match events and track summaries to Kafka.
+- :class:`CameraWorker`: a consumer in the frames group; owns the trackers of the cameras whose
+  partitions it holds, drives one bounded step at a time, and commits offsets only after the
+  events of those frames are produced.
+
+The classes are plain Python; :func:`remote` turns them into actors with the resources the
+config gives, so unit tests can also drive them in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from reidstream.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def _limit_threads(n: int) -> None:
+    import cv2
+    import torch
+
+    torch.set_num_threads(max(1, n))
+    cv2.setNumThreads(max(1, n))
+
+
+class DetectorStage:
+    def __init__(self, cfg: Config) -> None:
+        from reidstream.assets import Assets
+        from reidstream.detection import PersonDetector
+
+        _limit_threads(cfg.pipeline.torch_threads)
+        self.detector = PersonDetector(cfg.detection, Assets.from_config(cfg.assets))
+
+    def detect(self, frames: list[np.ndarray]) -> list[Any]:
+        return self.detector.detect(frames)
+
+
+class EmbedderStage:
+    def __init__(self, cfg: Config) -> None:
+        from reidstream.assets import Assets
+        from reidstream.models import Embedder
+
+        _limit_threads(cfg.pipeline.torch_threads)
+        self.embedder = Embedder.from_config(cfg, Assets.from_config(cfg.assets))
+
+    def embed(self, crops: list[np.ndarray], cameras: list[str]) -> np.ndarray:
+        return self.embedder.embed(crops, cameras)
+
+    def feature_dim(self) -> int:
+        return self.embedder.feature_dim
+
+
+class LinkerStage:
+    def __init__(self, cfg: Config, dim: int) -> None:
+        from reidstream.gallery import ShardedGallery
+        from reidstream.pipeline.linker import Linker, LinkerSettings
+
+        self.gallery = ShardedGallery.create(cfg.gallery, dim)
+        self.linker = Linker(
+            self.gallery,
+            LinkerSettings(
+                threshold=cfg.linker.threshold,
+                margin=cfg.linker.margin,
+                top_k=cfg.linker.top_k,
+                same_camera_gap_ms=cfg.linker.same_camera_gap_ms,
+            ),
+        )
+
+    def link(self, observations: list) -> list:
+        return self.linker.link(observations)
+
+    def global_ids(self, keys: list[tuple[str, int]]) -> list[int | None]:
+        return [self.linker.global_id_of(cam, tid) for cam, tid in keys]
+
+
+class EventSink:
+    def __init__(self, cfg: Config) -> None:
+        from reidstream.ingest.kafka_io import SafeProducer
+
+        self.cfg = cfg.kafka
+        self.producer = SafeProducer(cfg.kafka, name="event sink")
+
+    def publish(self, events: list, summaries: list) -> bool:
+        """True once the broker acknowledged every record: the caller may then commit."""
+        from reidstream.ingest.kafka_io import OutRecord
+
+        routed = [(self.cfg.events_topic, e) for e in events]
+        routed += [(self.cfg.tracks_topic, s) for s in summaries]
+        records = [OutRecord(topic, *_key_value_headers(item)) for topic, item in routed]
+        return self.producer.deliver(records) if records else True
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def _key_value_headers(item: Any) -> tuple[bytes, bytes, list]:
+    key, value, headers = item.record()
+    return value, key, headers
+
+
+@dataclass
+class StepStats:
+    """What one worker step did, for the driver's progress line and the benchmark."""
+
+    frames: int = 0
+    bad: int = 0
+    events: int = 0
+    tracks_finished: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    frame_latency_ms: list[float] = field(default_factory=list)
+    event_latency_ms: list[float] = field(default_factory=list)
+    bad_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def _now_ms() -> float:
+    return time.time() * 1000.0
+
+
+def _latency_ms(ts_ms: int) -> float | None:
+    """Capture-to-now; None for clocks that are clearly not wall time (replayed scenes)."""
+    lat = _now_ms() - ts_ms
+    return lat if 0.0 <= lat < 3_600_000.0 else None
+
+
+class CameraWorker:
+    """One member of the frames consumer group; see the module docstring."""
+
+    def __init__(
+        self, cfg: Config, index: int, detector: Any, embedder: Any, linker: Any, sink: Any
+    ) -> None:
+        from reidstream.ingest.kafka_io import FrameSource
+
+        _limit_threads(cfg.pipeline.torch_threads)
+        self.cfg = cfg
+        self.index = index
+        self.detector, self.embedder, self.linker, self.sink = detector, embedder, linker, sink
+        self.source = FrameSource(cfg.kafka, on_revoke=self._on_revoke)
+        self.trackers: dict[str, Any] = {}
+        self._crop_vectors: dict[tuple[str, int], dict[int, np.ndarray]] = {}
+        self._camera_partition: dict[str, Any] = {}
+        self.model_version = cfg.pipeline.model_version or _model_version(cfg)
+
+    def ready(self) -> bool:
+        self.source.connect()
+        return True
+
+    def step(self) -> StepStats:
+        """Poll a bounded batch, push it through every stage, commit once its events are out."""
+        from reidstream.ingest.wire import BadMessage
+
+        stats = StepStats()
+        with _timed(stats.seconds, "poll"):
+            polled = self.source.poll(self.cfg.pipeline.max_poll_records,
+                                      self.cfg.pipeline.poll_timeout_ms)
+        frames = []
+        for tp, offset, item in polled:
+            if isinstance(item, BadMessage):
+                stats.bad += 1
+                stats.bad_by_reason[item.reason] = stats.bad_by_reason.get(item.reason, 0) + 1
+            else:
+                frames.append((tp, offset, item))
+                self._camera_partition[item.camera] = tp
+        finished = []
+        if frames:
+            with _timed(stats.seconds, "detect"):
+                detections = self._call(self.detector.detect, [f.image for _, _, f in frames])
+            with _timed(stats.seconds, "track"):
+                for (_, _, frame), dets in zip(frames, detections, strict=True):
+                    tracker = self._tracker(frame.camera)
+                    tracker.update(dets, frame.image, frame.ts_ms, frame.frame_index)
+                    finished.extend(tracker.finished_tracks(frame.frame_index))
+            stats.frames = len(frames)
+        self._link_and_publish(finished, stats)
+        for tp, offset, _ in frames:
+            self.source.done(tp, offset)
+        with _timed(stats.seconds, "commit"):
+            self.source.commit_done()
+        for _, _, frame in frames:
+            lat = _latency_ms(frame.ts_ms)
+            if lat is not None:
+                stats.frame_latency_ms.append(lat)
+        return stats
+
+    def finish(self) -> StepStats:
+        """End of stream: close every open track so its identity and summary go out."""
+        stats = StepStats()
+        finished = [t for tracker in self.trackers.values() for t in tracker.flush()]
+        self._link_and_publish(finished, stats)
+        self.source.commit_done()
+        self.source.close()
+        return stats
+
+    # -- stages after tracking ---------------------------------------------------------------
+
+    def _link_and_publish(self, finished: list, stats: StepStats) -> None:
+        from reidstream.pipeline.linker import TrackObservation
+
+        ready = [t for tr in self.trackers.values() for t in tr.tracks_ready_for_embedding()]
+        # A track that ends before it was ever embedded still gets an identity from its crops.
+        ready += [
+            t for t in finished if t.crops and (t.embed_count == 0 or t.crops_since_last_embed)
+        ]
+        events, summaries = [], []
+        if ready:
+            with _timed(stats.seconds, "embed"):
+                self._embed_new_crops(ready)
+            observations = [
+                TrackObservation(
+                    camera=t.camera,
+                    track_id=t.track_id,
+                    start_ms=t.first_ts_ms,
+                    end_ms=t.last_ts_ms,
+                    embedding=self._track_vector(t),
+                    box=[float(v) for v in t.last_box],
+                    best_crop=_crop_ref(t),
+                )
+                for t in ready
+            ]
+            for t in ready:
+                t.mark_embedded()
+            with _timed(stats.seconds, "link"):
+                decisions = self._call(self.linker.link, observations)
+            by_key = {(t.camera, t.track_id): t for t in ready}
+            for decision in decisions:
+                if decision.is_match:
+                    track = by_key[(decision.camera, decision.track_id)]
+                    events.append(self._event(track, decision))
+                    lat = _latency_ms(track.last_ts_ms)
+                    if lat is not None:
+                        stats.event_latency_ms.append(lat)
+        if finished:
+            keys = [(t.camera, t.track_id) for t in finished]
+            global_ids = self._call(self.linker.global_ids, keys)
+            summaries = [
+                _summary(t, gid) for t, gid in zip(finished, global_ids, strict=True)
+                if gid is not None
+            ]
+            for key in keys:
+                self._crop_vectors.pop(key, None)
+        with _timed(stats.seconds, "publish"):
+            while not self._call(self.sink.publish, events, summaries):
+                log.warning("worker %d: events not acknowledged; retrying before commit",
+                            self.index)
+                time.sleep(1.0)
+        stats.events += len(events)
+        stats.tracks_finished += len(finished)
+
+    def _embed_new_crops(self, tracks: list) -> None:
+        todo = []
+        for track in tracks:
+            cache = self._crop_vectors.setdefault((track.camera, track.track_id), {})
+            todo += [(cache, track, c) for c in track.crops if c.frame_index not in cache]
+        if not todo:
+            return
+        vectors = self._call(
+            self.embedder.embed, [c.image for _, _, c in todo], [t.camera for _, t, _ in todo]
+        )
+        for (cache, _, crop), vector in zip(todo, vectors, strict=True):
+            cache[crop.frame_index] = vector
+
+    def _track_vector(self, track: Any) -> np.ndarray:
+        """Mean of the embeddings of the track's current best crops."""
+        cache = self._crop_vectors[(track.camera, track.track_id)]
+        mean = np.mean([cache[c.frame_index] for c in track.crops], axis=0)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+    def _event(self, track: Any, decision: Any) -> Any:
+        from reidstream.ingest.wire import MatchEvent
+
+        return MatchEvent(
+            global_id=decision.global_id,
+            camera=track.camera,
+            track_id=track.track_id,
+            start_ms=track.first_ts_ms,
+            end_ms=track.last_ts_ms,
+            box=[float(v) for v in track.last_box],
+            best_crop=_crop_ref(track),
+            matched_camera=decision.matched_camera,
+            matched_track_id=decision.matched_track_id,
+            similarity=round(float(decision.similarity), 4),
+            model_version=self.model_version,
+        )
+
+    def _tracker(self, camera: str) -> Any:
+        from reidstream.tracking import CameraTracker
+
+        if camera not in self.trackers:
+            self.trackers[camera] = CameraTracker(
+                self.cfg.tracking, self.cfg.pipeline.default_fps, camera=camera
+            )
+        return self.trackers[camera]
+
+    def _on_revoke(self, partitions: set) -> None:
+        """Another worker takes these cameras from the committed offset: drop their state."""
+        for camera, tp in list(self._camera_partition.items()):
+            if tp in partitions:
+                self.trackers.pop(camera, None)
+                del self._camera_partition[camera]
+                for key in [k for k in self._crop_vectors if k[0] == camera]:
+                    del self._crop_vectors[key]
+
+    @staticmethod
+    def _call(method: Any, *args: Any) -> Any:
+        """Call a stage: a Ray actor method, or a plain method when stages run in-process."""
+        import ray
+
+        if hasattr(method, "remote"):
+            return ray.get(method.remote(*args))
+        return method(*args)
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the block's wall time to ``seconds[stage]``: where a step's time goes."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _crop_ref(track: Any) -> dict[str, Any]:
+    crop = track.best_crop
+    return {
+        "camera": track.camera,
+        "frame": int(crop.frame_index),
+        "ts_ms": int(crop.ts_ms),
+        "box": [float(v) for v in crop.box],
+    }
+
+
+def _summary(track: Any, global_id: int) -> Any:
+    from reidstream.ingest.wire import TrackSummary
+
+    best = track.best_crop
+    return TrackSummary(
+        camera=track.camera,
+        track_id=track.track_id,
+        global_id=int(global_id),
+        start_ms=track.first_ts_ms,
+        end_ms=track.last_ts_ms,
+        num_frames=track.hits,
+        best_box=[float(v) for v in (best.box if best else track.last_box)],
+        num_embeddings=track.embed_count,
+    )
+
+
+def _model_version(cfg: Config) -> str:
+    from pathlib import Path
+
+    if cfg.embed.checkpoint:
+        return Path(cfg.embed.checkpoint).stem
+    return f"{cfg.model.name}-untrained"
