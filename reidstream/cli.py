@@ -18,8 +18,17 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")
 
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": ("reidstream.pipeline.cli", "run_demo", "the whole system on the bundled video"),
+    "run": ("reidstream.pipeline.cli", "run_pipeline", "run the streaming pipeline on Ray"),
+    "bench": ("reidstream.pipeline.bench", "run_bench", "measure the pipeline end to end"),
     "eval": ("reidstream.evaluation.cli", "run_eval", "evaluate a re-id model on a dataset"),
     "config": ("reidstream.cli", "show_config", "print the merged configuration as YAML"),
+    "publish": ("reidstream.ingest.cli", "publish", "publish a video, stream or images as frames"),
+    "events": ("reidstream.ingest.cli", "events", "follow the cross-camera match events"),
+    "broker": ("reidstream.ingest.cli", "broker", "run the embedded Kafka broker (Tansu)"),
+    "train": ("reidstream.training.cli", "run_train", "train a re-id model as a Ray Train job"),
+    "synth": ("reidstream.scenes.synth", "run_synth", "render a multi-camera scene with truth"),
+    "score": ("reidstream.scenes.score", "run_score", "score tracks and match events on a scene"),
 }
 
 
@@ -68,11 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after options (`publish v.avi --camera a kafka.partitions=2`).
+    stray = [item for item in extra if "=" not in item or item.startswith("-")]
+    if stray or (extra and not hasattr(args, "config_and_overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.config_and_overrides = [*args.config_and_overrides, *extra]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # kafka-python narrates every (re)connection; our clients report outages themselves.
+    logging.getLogger("kafka").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
     module_name, func_name = args._target
     func = getattr(importlib.import_module(module_name), func_name)
     try:

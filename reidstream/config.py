@@ -54,11 +54,15 @@ class ModelConfig:
     neck: str
     dimn_mapping_layers: int
     dimn_memory_momentum: float
+    depth: int
+    last_stride: int
+    hybrid_blocks: int
 
 
 @dataclass
 class DataConfig:
     dataset: str
+    layout: str
     train_split: str
     query_split: str
     gallery_split: str
@@ -83,8 +87,13 @@ class EvalConfig:
     rerank_lambda: float
     rerank_exact_max: int
     max_rank: int
+    metric: str
+    cameras: str
+    max_queries: int
+    max_gallery: int
     output_dir: str
     plot_queries: int
+    plot_topk: int
 
 
 @dataclass
@@ -94,6 +103,7 @@ class EmbedConfig:
     device: str
     fp16: bool
     unknown_camera: str
+    camera_aliases: dict[str, str]
 
 
 @dataclass
@@ -112,6 +122,181 @@ class KafkaConfig:
     max_poll_interval_ms: int
     heartbeat_interval_ms: int
     max_message_bytes: int
+    ssl_certfile: str
+    ssl_keyfile: str
+    cameras: list[str]
+    partitions: int
+    auto_offset_reset: str
+    request_timeout_ms: int
+    connect_timeout_ms: int
+    delivery_timeout_ms: int
+    max_block_ms: int
+    retry_backoff_ms: int
+    reconnect_backoff_max_ms: int
+    linger_ms: int
+    idempotent_producer: bool
+    jpeg_quality: int
+
+
+@dataclass
+class DetectionConfig:
+    model: str
+    imgsz: int
+    conf: float
+    iou: float
+    max_det: int
+    device: str
+    half: bool
+    min_box_height: int
+
+
+@dataclass
+class TrackingConfig:
+    tracker: str
+    track_high_thresh: float
+    track_low_thresh: float
+    new_track_thresh: float
+    match_thresh: float
+    fuse_score: bool
+    gmc_method: str
+    max_lost_frames: int
+    history_len: int
+    max_crops: int
+    min_crop_gap: int
+    min_crops: int
+    refresh_crops: int
+    min_quality: float
+    min_crop_height: int
+    ref_crop_height: int
+    border_margin: int
+    truncation_penalty: float
+
+
+@dataclass
+class PipelineConfig:
+    ray_address: str
+    default_fps: float
+    num_workers: int
+    num_detectors: int
+    num_embedders: int
+    max_poll_records: int
+    poll_timeout_ms: int
+    torch_threads: int
+    detector_num_cpus: float
+    embedder_num_cpus: float
+    worker_num_cpus: float
+    model_version: str
+    run_seconds: float
+    idle_stop_seconds: float
+    stats_interval_s: float
+
+
+@dataclass
+class LinkerConfig:
+    threshold: float
+    margin: float
+    top_k: int
+    same_camera_gap_ms: int
+
+
+@dataclass
+class TrainConfig:
+    address: str
+    workers: int
+    device: str
+    cpus_per_worker: float
+    gpus_per_worker: float
+    storage_path: str
+    name: str
+    max_failures: int
+    keep_checkpoints: int
+    datasets: list[str]
+    merge_identities: bool
+    max_identities: int
+    objective: str
+    episode_ids: int
+    epochs: int
+    max_steps_per_epoch: int
+    max_minutes: float
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    warmup_epochs: float
+    warmup_factor: float
+    final_lr_factor: float
+    amp: bool
+    grad_clip: float
+    seed: int
+    id_loss: str
+    label_smoothing: float
+    metric_loss: str
+    triplet_margin: float
+    id_weight: float
+    metric_weight: float
+    global_weight: float
+    local_weight: float
+    center_weight: float
+    center_lr: float
+    dimn_episode_weight: float
+    dimn_memory_weight: float
+    dimn_memory_scale: float
+    dimn_reg_weight: float
+    dimn_triplet_weight: float
+    dimn_triplet_margin: float
+    eval_at_end: bool
+    eval_dataset: str
+    export_half: bool
+    progress: bool
+    fail_at_step: int
+
+
+@dataclass
+class ScenesConfig:
+    dataset: str
+    splits: list[str]
+    cameras: list[str]
+    identities: int
+    seed: int
+    fps: float
+    width: int
+    height: int
+    start_ms: int
+    video_ext: str
+    background: str
+    background_video: str
+    walk_seconds: list[float]
+    entry_gap_seconds: list[float]
+    transit_seconds: list[float]
+    person_height: list[float]
+    crop_period_frames: int
+    feather: float
+    noise_std: float
+    out_dir: str
+    iou_threshold: float
+    min_visibility: float
+    time_offset_ms: int
+    auto_time_offset: bool
+    kafka_idle_s: float
+
+
+@dataclass
+class GalleryConfig:
+    num_shards: int
+    index: str
+    nlist: int
+    nprobe: int
+    ivf_train_per_list: int
+    hnsw_m: int
+    hnsw_ef_construction: int
+    hnsw_ef_search: int
+    tombstone_rebuild_fraction: float
+    use_gpu: bool | str
+    actor_num_cpus: float
+    actor_num_gpus: float
+    threads: int
+    max_vectors_per_shard: int
+    norm_tolerance: float
 
 
 @dataclass
@@ -122,6 +307,13 @@ class Config:
     eval: EvalConfig
     embed: EmbedConfig
     kafka: KafkaConfig
+    detection: DetectionConfig
+    tracking: TrackingConfig
+    train: TrainConfig
+    pipeline: PipelineConfig
+    linker: LinkerConfig
+    scenes: ScenesConfig
+    gallery: GalleryConfig
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -43,3 +43,69 @@ def assets(assets_dir: Path, data_dir: Path):
     return Assets.from_config(
         AssetsConfig(assets_dir=str(assets_dir), data_dir=str(data_dir), verify_sha256=True)
     )
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (2 CPUs, like the target machine), shut down at end."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=True,
+            object_store_memory=256 * 1024**2,
+        )
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+# ---- Kafka: one real broker per session (reidstream.ingest) -----------------------------------
+
+KAFKA_ENV = "REIDSTREAM_TEST_KAFKA"  # bootstrap servers of an existing broker to test against
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    """Bootstrap servers of a real Kafka broker: $REIDSTREAM_TEST_KAFKA, else embedded Tansu."""
+    external = os.environ.get(KAFKA_ENV)
+    if external:
+        yield external
+        return
+    from reidstream.ingest.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def kafka_cfg(kafka_broker, request):
+    """The default KafkaConfig on the session broker, with fresh topic names and group id.
+
+    Timeouts are shortened so tests that see a broker go away finish in seconds.
+    """
+    import dataclasses
+    import re
+    import uuid
+
+    from reidstream.config import load_config
+
+    tag = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name[:40]) + "-" + uuid.uuid4().hex[:8]
+    cfg = load_config().kafka
+    return dataclasses.replace(
+        cfg,
+        bootstrap_servers=kafka_broker,
+        frames_topic=f"test.frames.{tag}",
+        events_topic=f"test.matches.{tag}",
+        tracks_topic=f"test.tracks.{tag}",
+        group_id=f"test-group-{tag}",
+        partitions=2,
+        request_timeout_ms=3000,
+        connect_timeout_ms=3000,
+        delivery_timeout_ms=6000,
+        max_block_ms=3000,
+        reconnect_backoff_max_ms=1000,
+    )

@@ -127,21 +127,24 @@ def _start(target: Any, *args: Any, **kwargs: Any) -> threading.Thread:
 
 def _print_events(cfg: Any, stop: threading.Event) -> None:
     """Follow the events topic, as a user's consumer would, and print each match once."""
-    from reidstream.ingest.kafka_io import make_consumer
-    from reidstream.ingest.wire import MatchEvent
+    from reidstream.ingest.kafka_io import RecentIds, make_consumer
+    from reidstream.ingest.wire import BadMessage, MatchEvent
 
     kafka = cfg.kafka
     consumer = make_consumer(kafka, [kafka.events_topic], f"{kafka.group_id}-printer",
                              auto_offset_reset="earliest")
-    seen: set[str] = set()
+    seen = RecentIds()
     try:
         while not stop.is_set():
             for records in consumer.poll(timeout_ms=500).values():
                 for rec in records:
-                    event = MatchEvent.from_json(rec.value)
-                    if event.event_id in seen:
+                    try:
+                        event = MatchEvent.from_json(rec.value)
+                    except BadMessage as bad:
+                        log.warning("skipping an unreadable event: %s", bad)
                         continue
-                    seen.add(event.event_id)
+                    if seen.seen(event.event_id):
+                        continue
                     print(
                         f"MATCH person #{event.global_id}: {event.camera}/track {event.track_id} "
                         f"= {event.matched_camera}/track {event.matched_track_id} "

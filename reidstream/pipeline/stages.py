@@ -99,16 +99,14 @@ class EventSink:
 
         routed = [(self.cfg.events_topic, e) for e in events]
         routed += [(self.cfg.tracks_topic, s) for s in summaries]
-        records = [OutRecord(topic, *_key_value_headers(item)) for topic, item in routed]
+        records = []
+        for topic, item in routed:
+            key, value, headers = item.record()
+            records.append(OutRecord(topic=topic, key=key, value=value, headers=headers))
         return self.producer.deliver(records) if records else True
 
     def close(self) -> None:
         self.producer.close()
-
-
-def _key_value_headers(item: Any) -> tuple[bytes, bytes, list]:
-    key, value, headers = item.record()
-    return value, key, headers
 
 
 @dataclass

@@ -1,0 +1,165 @@
+"""Gallery search micro-benchmark: latency and throughput of the sharded FAISS gallery on Ray.
+
+For each embedding width, gallery size, index kind and shard count it builds a real
+``ShardedGallery`` (Ray actors, as the pipeline runs it), fills it with re-id-like synthetic
+embeddings (identities as random unit centres, their views as noisy copies), then times batches
+of queries (fresh views of gallery identities) and reports ms per batch, queries/s and
+recall@k against exact numpy search. Prints a Markdown table.
+
+    python bench/gallery_bench.py                      # the full grid (a few minutes on 2 cores)
+    python bench/gallery_bench.py --sizes 10000 --dims 512 --kinds flat
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import time
+
+import numpy as np
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--dims", type=int, nargs="+", default=[1280, 512])
+    parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw"])
+    parser.add_argument("--shards", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--queries", type=int, default=32, help="queries per search batch")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=1.0, help="time spent per setting")
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs given to local Ray")
+    parser.add_argument("--hnsw-m", type=int, default=32)
+    parser.add_argument("--hnsw-ef-construction", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def embeddings(n: int, dim: int, rng: np.random.Generator, per_identity: int = 8):
+    """Unit vectors clustered by identity; returns (vectors, identity centres)."""
+    from reidstream.gallery import l2_normalize
+
+    centres = l2_normalize(rng.standard_normal((n // per_identity + 1, dim), dtype=np.float32))
+    gid = np.arange(n) // per_identity
+    vecs = np.empty((n, dim), np.float32)
+    for lo in range(0, n, 20_000):  # in chunks: the noise of 100k x 1280 at once is 1 GB
+        hi = min(n, lo + 20_000)
+        noise = rng.standard_normal((hi - lo, dim), dtype=np.float32) * (0.6 / math.sqrt(dim))
+        vecs[lo:hi] = l2_normalize(centres[gid[lo:hi]] + noise)
+    return vecs, centres, gid
+
+
+def index_config(base, kind: str, size: int, shards: int, args: argparse.Namespace):
+    """Index sizes scaled to the vectors each shard will hold."""
+    per_shard = size // shards
+    nlist = max(16, int(round(math.sqrt(per_shard))))
+    return dataclasses.replace(
+        base,
+        index=kind,
+        num_shards=shards,
+        nlist=nlist,
+        nprobe=max(8, nlist // 8),
+        hnsw_m=args.hnsw_m,
+        hnsw_ef_construction=args.hnsw_ef_construction,
+        threads=max(1, args.num_cpus // shards),  # one shard gets every core, four share them
+        use_gpu=False,
+    )
+
+
+def main() -> int:
+    args = parse_args()
+    import ray
+
+    from reidstream.config import load_config
+    from reidstream.gallery import ShardedGallery, l2_normalize
+
+    ray.init(
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        object_store_memory=1024**3,
+        log_to_driver=False,
+    )
+    base = load_config().gallery
+    rng = np.random.default_rng(args.seed)
+    print(
+        f"# gallery bench: {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, Ray num_cpus={args.num_cpus}, Q={args.queries}, k={args.k}"
+    )
+    header = (
+        "| D | vectors | index | shards | threads/shard | build s | ms/batch p50 | ms/batch p95 "
+        "| queries/s | recall@k | params |"
+    )
+    print(header)
+    print("|---" * 11 + "|")
+    t_all = time.perf_counter()
+    for dim in args.dims:
+        vecs_all, centres, gid_all = embeddings(max(args.sizes), dim, rng)
+        for size in args.sizes:
+            vecs, gid = vecs_all[:size], gid_all[:size]
+            ids = np.arange(size, dtype=np.int64)
+            probe_gid = rng.integers(0, gid[-1] + 1, args.queries)
+            noise = rng.standard_normal((args.queries, dim), dtype=np.float32)
+            queries = l2_normalize(centres[probe_gid] + noise * (0.6 / math.sqrt(dim)))
+            exact = np.argsort(-(queries @ vecs.T), axis=1)[:, : args.k]
+            meta = [
+                {"global_id": int(g), "camera": "cam1", "track_id": int(i), "start_ms": int(i),
+                 "end_ms": int(i)}
+                for i, g in zip(ids.tolist(), gid.tolist(), strict=True)
+            ]  # fmt: skip
+            for kind in args.kinds:
+                for shards in args.shards:
+                    cfg = index_config(base, kind, size, shards, args)
+                    row = run_one(ShardedGallery, cfg, dim, ids, vecs, meta, queries, exact, args)
+                    params = {"flat": "exact", "ivf": f"nlist={cfg.nlist} nprobe={cfg.nprobe}"}
+                    params["hnsw"] = (
+                        f"M={cfg.hnsw_m} efC={cfg.hnsw_ef_construction} efS={cfg.hnsw_ef_search}"
+                    )
+                    print(
+                        f"| {dim} | {size} | {kind} | {shards} | {cfg.threads} "
+                        f"| {row['build_s']:.1f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} "
+                        f"| {row['qps']:.0f} | {row['recall']:.3f} | {params[kind]} |",
+                        flush=True,
+                    )
+        del vecs_all
+    print(f"# total {time.perf_counter() - t_all:.0f} s")
+    ray.shutdown()
+    return 0
+
+
+def run_one(gallery_cls, cfg, dim, ids, vecs, meta, queries, exact, args) -> dict[str, float]:
+    t0 = time.perf_counter()
+    gallery = gallery_cls.create(cfg, dim)
+    try:
+        chunk = 10_000
+        for lo in range(0, ids.size, chunk):
+            gallery.add(ids[lo : lo + chunk], vecs[lo : lo + chunk], meta[lo : lo + chunk])
+        assert gallery.size() == ids.size
+        build_s = time.perf_counter() - t0
+        _, found = gallery.search(queries, args.k)  # warm-up, and the recall sample
+        recall = np.mean([len(set(f) & set(e)) / args.k for f, e in zip(found, exact, strict=True)])
+        times = []
+        start = time.perf_counter()
+        while len(times) < 3 or (time.perf_counter() - start < args.seconds and len(times) < 200):
+            t = time.perf_counter()
+            gallery.search(queries, args.k)
+            times.append(time.perf_counter() - t)
+    finally:
+        gallery.shutdown()
+    ms = np.asarray(times) * 1000
+    return {
+        "build_s": build_s,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "qps": args.queries / float(np.median(ms) / 1000),
+        "recall": float(recall),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

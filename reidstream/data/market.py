@@ -1,0 +1,202 @@
+"""Person re-id datasets in the Market-1501 folder layout, and several of them combined.
+
+A Market-1501 style dataset is a folder with one sub-folder per split (``bounding_box_train``,
+``query``, ``bounding_box_test``) whose image names carry the labels:
+``PPPP_cCsS_FFFFFF_NN.jpg`` (person id, camera, sequence, frame). Person id -1 marks junk
+boxes (never used) and 0 marks distractors (kept in the gallery, where they are negatives
+for every query, but not trained on since they are not one identity).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from reidstream.assets import Assets
+from reidstream.config import DataConfig
+from reidstream.registry import Registry
+
+log = logging.getLogger(__name__)
+
+JUNK_PID = -1
+DISTRACTOR_PID = 0
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_NAME = re.compile(r"^(-?\d+)_c(\d+)(?:s\d+)?_")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One labelled image. ``camid`` is 0-based (``c1`` in a file name is camera 0)."""
+
+    path: Path
+    pid: int
+    camid: int
+    domain: int = 0  # index of the source dataset when several are combined
+
+
+def parse_market_name(name: str) -> tuple[int, int] | None:
+    """(pid, 0-based camid) from a Market-1501 file name, or None when it does not parse."""
+    match = _NAME.match(name)
+    if match is None or int(match.group(2)) < 1:
+        return None
+    return int(match.group(1)), int(match.group(2)) - 1
+
+
+def read_market_folder(
+    folder: str | Path, relabel: bool = False, keep_distractors: bool | None = None
+) -> list[ImageRecord]:
+    """Records of one split folder, sorted by file name.
+
+    Junk (pid -1) is always skipped. Distractors (pid 0) are kept unless ``keep_distractors``
+    is false; it defaults to ``not relabel`` since relabelling is for training, where a
+    distractor is not an identity. ``relabel`` maps the pids to 0..N-1 in sorted order so
+    they can index a classifier.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset split folder not found: {folder}")
+    if keep_distractors is None:
+        keep_distractors = not relabel
+    records: list[ImageRecord] = []
+    bad: list[str] = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        parsed = parse_market_name(path.name)
+        if parsed is None:
+            bad.append(path.name)
+            continue
+        pid, camid = parsed
+        if pid == JUNK_PID or (pid == DISTRACTOR_PID and not keep_distractors):
+            continue
+        if pid < JUNK_PID:
+            bad.append(path.name)
+            continue
+        records.append(ImageRecord(path, pid, camid))
+    if bad:
+        raise ValueError(
+            f"{folder}: {len(bad)} image name(s) do not follow the Market-1501 pattern "
+            f"PPPP_cC[sS]_..., first: {bad[0]!r}"
+        )
+    if not records:
+        raise ValueError(f"{folder}: no labelled images found")
+    if relabel:
+        mapping = {pid: i for i, pid in enumerate(sorted({r.pid for r in records}))}
+        records = [replace(r, pid=mapping[r.pid]) for r in records]
+    return records
+
+
+@dataclass
+class ReIDDataset:
+    """Train/query/gallery splits of one dataset (or several combined for training)."""
+
+    name: str
+    train: list[ImageRecord]
+    query: list[ImageRecord]
+    gallery: list[ImageRecord]
+    domain_names: list[str] = field(default_factory=list)
+
+    @property
+    def num_train_pids(self) -> int:
+        return len({r.pid for r in self.train})
+
+    @property
+    def num_cameras(self) -> int:
+        """Size of a camera table covering every split (camera ids are 0-based)."""
+        return 1 + max((r.camid for r in (*self.train, *self.query, *self.gallery)), default=-1)
+
+    @property
+    def num_domains(self) -> int:
+        return max(1, len(self.domain_names))
+
+    def summary(self) -> str:
+        def line(split: str, recs: list[ImageRecord]) -> str:
+            cams = len({r.camid for r in recs})
+            return f"  {split:<8} {len({r.pid for r in recs}):>6} {len(recs):>8} {cams:>7}"
+
+        return "\n".join(
+            [
+                f"dataset {self.name}: {self.num_cameras} cameras",
+                f"  {'split':<8} {'ids':>6} {'images':>8} {'cameras':>7}",
+                line("train", self.train),
+                line("query", self.query),
+                line("gallery", self.gallery),
+            ]
+        )
+
+
+DatasetBuilder = Callable[..., ReIDDataset]
+DATASETS: Registry[DatasetBuilder] = Registry("dataset layout")
+
+
+@DATASETS.register("market1501")
+def build_market1501(root: Path, cfg: DataConfig, name: str | None = None) -> ReIDDataset:
+    """A Market-1501 layout folder; CUHK03 (labeled/detected) in ../shared/data is one too."""
+    root = Path(root)
+    return ReIDDataset(
+        name=name or root.name,
+        train=read_market_folder(root / cfg.train_split, relabel=True),
+        query=read_market_folder(root / cfg.query_split),
+        gallery=read_market_folder(root / cfg.gallery_split),
+        domain_names=[name or root.name],
+    )
+
+
+def split_dataset_names(name_or_path: str | Sequence[str]) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``: how configs name several sources."""
+    items = name_or_path.split(",") if isinstance(name_or_path, str) else list(name_or_path)
+    names = [n.strip() for n in items if n.strip()]
+    if not names:
+        raise ValueError("no dataset name given")
+    return names
+
+
+def load_dataset(name_or_path: str | Sequence[str], assets: Assets, cfg: DataConfig) -> ReIDDataset:
+    """A dataset by name under the data dir, an explicit path, or several (``"a,b"``) combined."""
+    datasets = [
+        DATASETS.build(cfg.layout, assets.dataset(name), cfg, name)
+        for name in split_dataset_names(name_or_path)
+    ]
+    return datasets[0] if len(datasets) == 1 else combine_datasets(datasets)
+
+
+def combine_datasets(datasets: Sequence[ReIDDataset], name: str | None = None) -> ReIDDataset:
+    """One dataset whose identities and cameras are disjoint per source (multi-domain training).
+
+    Train pids are offset so the sources' identities never collide; camera ids are offset
+    per source (camera 0 of the second dataset is a different camera). Query and gallery
+    ids are offset too, keeping distractor pid 0 as is, so evaluating the union stays correct.
+    """
+    if not datasets:
+        raise ValueError("combine_datasets needs at least one dataset")
+    train: list[ImageRecord] = []
+    query: list[ImageRecord] = []
+    gallery: list[ImageRecord] = []
+    domain_names: list[str] = []
+    pid_offset = eval_pid_offset = cam_offset = 0
+    for domain, ds in enumerate(datasets):
+        train += [
+            replace(r, pid=r.pid + pid_offset, camid=r.camid + cam_offset, domain=domain)
+            for r in ds.train
+        ]
+
+        def shift(r: ImageRecord, off: int = eval_pid_offset, cams: int = cam_offset, d=domain):
+            pid = r.pid + off if r.pid > DISTRACTOR_PID else r.pid
+            return replace(r, pid=pid, camid=r.camid + cams, domain=d)
+
+        query += [shift(r) for r in ds.query]
+        gallery += [shift(r) for r in ds.gallery]
+        pid_offset += 1 + max((r.pid for r in ds.train), default=-1)
+        eval_pid_offset += max((r.pid for r in (*ds.query, *ds.gallery)), default=0)
+        cam_offset += ds.num_cameras
+        domain_names += ds.domain_names or [ds.name]
+    return ReIDDataset(
+        name=name or "+".join(ds.name for ds in datasets),
+        train=train,
+        query=query,
+        gallery=gallery,
+        domain_names=domain_names,
+    )

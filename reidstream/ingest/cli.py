@@ -1,0 +1,231 @@
+"""``reidstream publish``, ``reidstream events`` and ``reidstream broker``.
+
+Heavy imports (cv2, kafka) happen inside the commands so ``reidstream --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+
+from reidstream.cli import add_config_arguments, load_cli_config
+
+DEFAULT_BROKER_PORT = 19092
+
+
+# ---- publish ----------------------------------------------------------------------------------
+
+
+def add_arguments_publish(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="video file, image folder, rtsp:// or http:// URL, or webcam 0")
+    p.add_argument(
+        "--camera",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="camera id (repeat to publish the source as several cameras, one --view each)",
+    )
+    p.add_argument(
+        "--view",
+        action="append",
+        metavar="SPEC",
+        help="full | left | right | crop:x1,y1,x2,y2 (fractions); one for all or one per camera",
+    )
+    p.add_argument("--fps", type=float, help="publish rate; default the source's; 0 = flat out")
+    p.add_argument("--loop", action="store_true", help="start a file over at its end")
+    p.add_argument("--max-frames", type=int, help="stop after this many source frames")
+    p.add_argument("--jpeg-quality", type=int, help="default kafka.jpeg_quality")
+    p.add_argument("--modality", choices=("visible", "infrared"))
+    p.add_argument("--create-topics", action="store_true", help="create missing topics first")
+    add_config_arguments(p)
+
+
+def publish(args: argparse.Namespace) -> int:
+    from reidstream.ingest.kafka_io import (
+        BrokerUnavailable,
+        SafeProducer,
+        ensure_topics,
+        quiet_kafka_logging,
+    )
+    from reidstream.ingest.publisher import parse_view
+    from reidstream.ingest.publisher import publish as publish_frames
+
+    quiet_kafka_logging(getattr(args, "verbose", False))
+    cfg = load_cli_config(args).kafka
+    views = args.view or [None]
+    if len(views) == 1:
+        views = views * len(args.camera)
+    if len(views) != len(args.camera):
+        raise ValueError(f"{len(args.camera)} --camera but {len(views)} --view: give 1 or one each")
+    if len(set(args.camera)) != len(args.camera):
+        raise ValueError(f"repeated camera id in {args.camera}")
+    cameras = {name: parse_view(spec) for name, spec in zip(args.camera, views, strict=True)}
+    if args.create_topics:
+        try:
+            ensure_topics(cfg)
+        except BrokerUnavailable as exc:
+            print(f"reidstream publish: error: {exc}", file=sys.stderr)
+            return 2
+    with SafeProducer(cfg, name=f"publisher {','.join(cameras)}") as producer:
+        # Fail fast at start; once running, an outage only drops frames.
+        if not producer.connect():
+            print(
+                f"reidstream publish: error: no Kafka broker at {cfg.bootstrap_servers} "
+                "(start one with `reidstream broker`)",
+                file=sys.stderr,
+            )
+            return 2
+        stats = publish_frames(
+            cfg,
+            args.source,
+            cameras,
+            args.fps,
+            loop=args.loop,
+            max_frames=args.max_frames,
+            jpeg_quality=args.jpeg_quality,
+            modality=args.modality,
+            producer=producer,
+        )
+    print(
+        f"published {stats.frames} frame(s) as {', '.join(cameras)} to {cfg.frames_topic} "
+        f"in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s, {stats.bytes / 1e6:.1f} MB"
+        f", {stats.dropped + stats.failed} not delivered)"
+    )
+    return 0 if stats.dropped + stats.failed == 0 else 1
+
+
+# ---- events -----------------------------------------------------------------------------------
+
+
+def add_arguments_events(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from-beginning", action="store_true", help="replay the topic first")
+    p.add_argument("--max", type=int, metavar="N", help="exit after N events")
+    p.add_argument("--json", action="store_true", help="print each event as one JSON line")
+    p.add_argument("--tracks", action="store_true", help="also print track summaries")
+    p.add_argument("--idle-timeout", type=float, metavar="S", help="exit after S s without news")
+    p.add_argument("--keep-duplicates", action="store_true", help="do not drop repeated event ids")
+    add_config_arguments(p)
+
+
+def format_event(event) -> str:
+    """One readable line per match event."""
+    when = dt.datetime.fromtimestamp(event.end_ms / 1000).strftime("%H:%M:%S.%f")[:-3]
+    box = ",".join(f"{v:.0f}" for v in event.box)
+    return (
+        f"{when}  person #{event.global_id}: {event.camera} track {event.track_id} = "
+        f"{event.matched_camera} track {event.matched_track_id}  "
+        f"similarity {event.similarity:.3f}  box [{box}]  ({event.model_version})"
+    )
+
+
+def format_track(track) -> str:
+    seconds = (track.end_ms - track.start_ms) / 1000
+    return (
+        f"track {track.camera}/{track.track_id} person #{track.global_id}: "
+        f"{track.num_frames} frame(s) over {seconds:.1f} s, {track.num_embeddings} embedding(s)"
+    )
+
+
+def events(args: argparse.Namespace) -> int:
+    from reidstream.ingest.kafka_io import (
+        NO_GROUP,
+        RecentIds,
+        make_consumer,
+        quiet_kafka_logging,
+    )
+    from reidstream.ingest.wire import BadMessage, MatchEvent, TrackSummary
+
+    quiet_kafka_logging(getattr(args, "verbose", False))
+    cfg = load_cli_config(args).kafka
+    topics = [cfg.events_topic] + ([cfg.tracks_topic] if args.tracks else [])
+    try:
+        consumer = make_consumer(
+            cfg,
+            topics,
+            NO_GROUP,
+            auto_offset_reset="earliest" if args.from_beginning else "latest",
+        )
+    except Exception as exc:  # noqa: BLE001 - kafka raises its own types; say what we tried
+        print(
+            f"reidstream events: error: no broker at {cfg.bootstrap_servers}: {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    seen = RecentIds()
+    shown = skipped = 0
+    last_news = time.monotonic()
+    try:
+        while args.max is None or shown < args.max:
+            batches = consumer.poll(timeout_ms=500)
+            if not batches:
+                if args.idle_timeout and time.monotonic() - last_news > args.idle_timeout:
+                    break
+                continue
+            last_news = time.monotonic()
+            for tp, records in batches.items():
+                is_track = tp.topic == cfg.tracks_topic
+                for rec in records:
+                    try:
+                        obj = (TrackSummary if is_track else MatchEvent).from_json(rec.value)
+                    except BadMessage as exc:
+                        skipped += 1
+                        print(f"skipping {tp.topic}@{rec.offset}: {exc}", file=sys.stderr)
+                        continue
+                    if is_track:
+                        print(obj.to_json() if args.json else format_track(obj), flush=True)
+                        continue
+                    if not args.keep_duplicates and seen.seen(obj.event_id):
+                        continue
+                    print(obj.to_json() if args.json else format_event(obj), flush=True)
+                    shown += 1
+                    if args.max is not None and shown >= args.max:
+                        break
+                if args.max is not None and shown >= args.max:
+                    break
+    finally:
+        consumer.close(autocommit=False)
+    if skipped:
+        print(f"{skipped} unreadable record(s) skipped", file=sys.stderr)
+    return 0
+
+
+# ---- broker -----------------------------------------------------------------------------------
+
+
+def add_arguments_broker(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, help="default: the port of kafka.bootstrap_servers")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--no-topics", action="store_true", help="do not create the reidstream topics")
+    add_config_arguments(p)
+
+
+def broker(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from reidstream.ingest.broker import EmbeddedBroker
+    from reidstream.ingest.kafka_io import ensure_topics, quiet_kafka_logging
+
+    quiet_kafka_logging(getattr(args, "verbose", False))
+    cfg = load_cli_config(args).kafka
+    port = args.port or _port_of(cfg.bootstrap_servers)
+    verbose = getattr(args, "verbose", False)
+    with EmbeddedBroker(port=port, host=args.host, inherit_output=verbose) as embedded:
+        if not args.no_topics:
+            local = dataclasses.replace(cfg, bootstrap_servers=embedded.bootstrap_servers)
+            ensure_topics(local)
+        print(
+            f"Kafka broker (Tansu, in memory) at {embedded.bootstrap_servers}; topics "
+            f"{cfg.frames_topic}, {cfg.events_topic}, {cfg.tracks_topic}. Ctrl-C stops it.",
+            flush=True,
+        )
+        code = embedded.wait()
+    print(f"reidstream broker: the broker exited with code {code}", file=sys.stderr)
+    return 1
+
+
+def _port_of(bootstrap_servers: str) -> int:
+    first = bootstrap_servers.split(",")[0].strip()
+    _, _, port = first.rpartition(":")
+    return int(port) if port.isdigit() else DEFAULT_BROKER_PORT

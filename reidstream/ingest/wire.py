@@ -1,0 +1,367 @@
+"""The versioned wire format of the frames, match-events and tracks topics.
+
+Documented for people in ``docs/wire-format.md``; keep the two in step. Decoding never trusts
+the producer: every way a frame can be wrong raises :class:`BadMessage` with a short reason code
+that callers count and log, so one bad camera cannot stop the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from reidstream.config import ConfigError, build_dataclass
+
+WIRE_VERSION = 1  # frames topic headers
+EVENT_SCHEMA_VERSION = 1  # match-events and tracks JSON
+
+H_VERSION = "rs-version"
+H_CAMERA = "camera"
+H_TS_MS = "ts-ms"
+H_FRAME = "frame"
+H_MODALITY = "modality"
+MODALITIES = ("visible", "infrared")
+
+# Reason codes: stable strings, used as metric labels and in logs.
+CORRUPT_JPEG = "corrupt_jpeg"
+MISSING_HEADER = "missing_header"
+MALFORMED_HEADER = "malformed_header"
+UNSUPPORTED_VERSION = "unsupported_version"
+CAMERA_MISMATCH = "camera_mismatch"
+UNKNOWN_CAMERA = "unknown_camera"
+EMPTY_FRAME = "empty_frame"
+OVERSIZED_FRAME = "oversized_frame"
+DUPLICATE = "duplicate"
+OUT_OF_ORDER = "out_of_order"
+MALFORMED_JSON = "malformed_json"
+REASONS = (
+    CORRUPT_JPEG,
+    MISSING_HEADER,
+    MALFORMED_HEADER,
+    UNSUPPORTED_VERSION,
+    CAMERA_MISMATCH,
+    UNKNOWN_CAMERA,
+    EMPTY_FRAME,
+    OVERSIZED_FRAME,
+    DUPLICATE,
+    OUT_OF_ORDER,
+    MALFORMED_JSON,
+)
+
+# Camera ids travel as Kafka keys, header values, metric labels and file names: keep them tame.
+CAMERA_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
+_UINT_RE = re.compile(rb"[0-9]{1,19}")
+_JPEG_SOI = b"\xff\xd8\xff"
+_JPEG_EOI = b"\xff\xd9"
+
+Headers = list[tuple[str, bytes]]
+_Bad = Callable[..., "BadMessage"]
+
+
+class BadMessage(Exception):
+    """A record that cannot be used; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str = "", camera: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+        self.camera = camera
+
+    def __reduce__(self) -> tuple[Any, ...]:  # survive pickling into Ray actors
+        return (type(self), (self.reason, self.detail, self.camera))
+
+
+@dataclass(eq=False)
+class Frame:
+    camera: str
+    ts_ms: int  # capture time, epoch milliseconds
+    frame_index: int
+    modality: str | None
+    image: np.ndarray  # BGR, HxWx3 uint8
+
+
+def valid_camera(camera: object) -> bool:
+    return isinstance(camera, str) and CAMERA_RE.fullmatch(camera) is not None
+
+
+def encode_frame(
+    camera: str,
+    jpeg_bytes: bytes,
+    ts_ms: int,
+    frame_index: int,
+    modality: str | None = None,
+) -> tuple[bytes, bytes, Headers]:
+    """``(key, value, headers)`` for one frame; the key puts a camera on one partition."""
+    if not valid_camera(camera):
+        raise ValueError(f"camera id {camera!r} must match {CAMERA_RE.pattern}")
+    for name, number in (("ts_ms", ts_ms), ("frame_index", frame_index)):
+        if isinstance(number, bool) or not isinstance(number, int | np.integer) or number < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {number!r}")
+    if modality is not None and modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES} or None, got {modality!r}")
+    if not jpeg_bytes:
+        raise ValueError("empty frame")
+    headers: Headers = [
+        (H_VERSION, str(WIRE_VERSION).encode()),
+        (H_CAMERA, camera.encode()),
+        (H_TS_MS, str(int(ts_ms)).encode()),
+        (H_FRAME, str(int(frame_index)).encode()),
+    ]
+    if modality is not None:
+        headers.append((H_MODALITY, modality.encode()))
+    return camera.encode(), bytes(jpeg_bytes), headers
+
+
+def decode_frame(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes | None]] | None,
+    max_bytes: int,
+    cameras: Collection[str] | None = None,
+) -> Frame:
+    """Check a frames-topic record and decode its JPEG, or raise :class:`BadMessage`.
+
+    Cheap checks (headers, allow-list ``cameras``, size) run before the JPEG is decoded, so a
+    flood of unwanted frames costs little.
+    """
+    hdr = _header_map(headers, key)
+    camera_hint = _camera_hint(key, hdr)
+
+    def bad(reason: str, detail: str = "") -> BadMessage:
+        return BadMessage(reason, detail, camera_hint)
+
+    version = _uint_header(hdr, H_VERSION, bad)
+    if version != WIRE_VERSION:
+        raise bad(UNSUPPORTED_VERSION, f"rs-version {version}, this reader knows {WIRE_VERSION}")
+    camera = _text_header(hdr, H_CAMERA, bad)
+    if not valid_camera(camera):
+        raise bad(MALFORMED_HEADER, f"camera {camera!r} is not a valid camera id")
+    if key != hdr[H_CAMERA]:
+        raise bad(CAMERA_MISMATCH, f"key {key!r} but camera header {camera!r}")
+    if cameras and camera not in cameras:
+        raise bad(UNKNOWN_CAMERA, f"camera {camera!r} is not in the allow-list")
+    ts_ms = _uint_header(hdr, H_TS_MS, bad)
+    frame_index = _uint_header(hdr, H_FRAME, bad)
+    modality = None
+    if H_MODALITY in hdr:
+        modality = _text_header(hdr, H_MODALITY, bad)
+        if modality not in MODALITIES:
+            raise bad(MALFORMED_HEADER, f"modality {modality!r} not in {MODALITIES}")
+    if not value:
+        raise bad(EMPTY_FRAME, "no image bytes")
+    if len(value) > max_bytes:
+        raise bad(OVERSIZED_FRAME, f"{len(value)} bytes > limit {max_bytes}")
+    image = _decode_jpeg(value, bad)
+    return Frame(camera, ts_ms, frame_index, modality, image)
+
+
+def jpeg_encode(image: np.ndarray, quality: int = 90) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"could not JPEG-encode an image of shape {image.shape}")
+    return buf.tobytes()
+
+
+def _header_map(headers: Iterable[tuple[str, bytes | None]] | None, key: bytes | None) -> dict:
+    out: dict[str, bytes | None] = {}
+    for name, value in headers or ():
+        if name in out:
+            raise BadMessage(
+                MALFORMED_HEADER, f"header {name!r} appears twice", _camera_hint(key, out)
+            )
+        out[name] = value
+    return out
+
+
+def _camera_hint(key: bytes | None, hdr: Mapping[str, bytes | None]) -> str | None:
+    """Best-effort camera for counting a bad record, only if it looks like a camera id."""
+    for raw in (hdr.get(H_CAMERA), key):
+        if isinstance(raw, bytes):
+            text = raw.decode("utf-8", "replace")
+            if valid_camera(text):
+                return text
+    return None
+
+
+def _raw_header(hdr: Mapping[str, bytes | None], name: str, bad: _Bad) -> bytes:
+    if name not in hdr:
+        raise bad(MISSING_HEADER, f"no {name!r} header")
+    raw = hdr[name]
+    if not isinstance(raw, bytes) or not raw:
+        raise bad(MALFORMED_HEADER, f"header {name!r} is empty")
+    return raw
+
+
+def _uint_header(hdr: Mapping[str, bytes | None], name: str, bad: _Bad) -> int:
+    raw = _raw_header(hdr, name, bad)
+    if not _UINT_RE.fullmatch(raw):
+        raise bad(MALFORMED_HEADER, f"header {name!r}={raw[:32]!r} is not a non-negative integer")
+    return int(raw)
+
+
+def _text_header(hdr: Mapping[str, bytes | None], name: str, bad: _Bad) -> str:
+    raw = _raw_header(hdr, name, bad)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad(MALFORMED_HEADER, f"header {name!r} is not UTF-8") from None
+
+
+def _decode_jpeg(value: bytes, bad: _Bad) -> np.ndarray:
+    import cv2
+
+    if not value.startswith(_JPEG_SOI):
+        raise bad(CORRUPT_JPEG, "no JPEG start-of-image marker")
+    # libjpeg fills a truncated image with grey and only warns: refuse it here instead.
+    if not value.rstrip(b"\x00").endswith(_JPEG_EOI):
+        raise bad(CORRUPT_JPEG, "no JPEG end-of-image marker (truncated)")
+    try:
+        image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise bad(CORRUPT_JPEG, f"cv2.imdecode: {exc}") from None
+    if image is None:
+        raise bad(CORRUPT_JPEG, "cv2.imdecode could not decode it")
+    if image.size == 0:
+        raise bad(EMPTY_FRAME, "image has no pixels")
+    return image
+
+
+# ---- JSON topics ------------------------------------------------------------------------------
+
+
+def make_event_id(
+    camera: str, track_id: int, matched_camera: str, matched_track_id: int, model_version: str
+) -> str:
+    """Same link, same id: a replay after a crash re-emits ids a consumer has already seen."""
+    link = [camera, int(track_id), matched_camera, int(matched_track_id), model_version]
+    canon = json.dumps(link)
+    return hashlib.blake2b(canon.encode(), digest_size=16).hexdigest()
+
+
+class _JsonRecord:
+    """to/from JSON for the dataclasses below, checked field by field against their types."""
+
+    _what: ClassVar[str] = "record"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {"schema": data.pop("schema"), **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes | bytearray) -> Any:
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadMessage(MALFORMED_JSON, f"{cls._what}: {exc}") from None
+        if not isinstance(data, dict):
+            raise BadMessage(MALFORMED_JSON, f"{cls._what}: expected a JSON object")
+        camera = data.get("camera") if valid_camera(data.get("camera")) else None
+        schema = data.get("schema", EVENT_SCHEMA_VERSION)
+        if schema != EVENT_SCHEMA_VERSION:
+            raise BadMessage(
+                UNSUPPORTED_VERSION,
+                f"{cls._what} schema {schema!r}, this reader knows {EVENT_SCHEMA_VERSION}",
+                camera,
+            )
+        # Tolerant reader: fields added later (same schema version) are ignored here.
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        data = {k: v for k, v in data.items() if k in known}
+        try:
+            obj = build_dataclass(cls, data, where=cls._what)
+        except (ConfigError, ValueError, TypeError) as exc:
+            raise BadMessage(MALFORMED_JSON, str(exc), camera) from None
+        return obj
+
+    def record(self) -> tuple[bytes, bytes, Headers]:
+        """``(key, value, headers)``: keyed by camera, like the frames it came from."""
+        camera: str = getattr(self, "camera")  # noqa: B009 (set by the dataclass)
+        version = b"%d" % getattr(self, "schema")  # noqa: B009
+        return camera.encode(), self.to_json().encode(), [(H_VERSION, version)]
+
+
+def _check_box(box: list[float], what: str) -> None:
+    if len(box) != 4:
+        raise ValueError(f"{what} must be [x1, y1, x2, y2], got {box!r}")
+
+
+@dataclass
+class CropRef:
+    """Where the best crop of a track is: enough to fetch the frame again from the topic."""
+
+    camera: str
+    frame: int
+    ts_ms: int
+    box: list[float]
+
+    def __post_init__(self) -> None:
+        _check_box(self.box, "best_crop.box")
+
+
+@dataclass
+class MatchEvent(_JsonRecord):
+    """A local track linked to a track in another camera (or the same camera after a gap)."""
+
+    _what: ClassVar[str] = "match event"
+
+    global_id: int
+    camera: str
+    track_id: int
+    start_ms: int
+    end_ms: int
+    box: list[float]
+    best_crop: CropRef
+    matched_camera: str
+    matched_track_id: int
+    similarity: float
+    model_version: str
+    event_id: str = ""  # filled from the fields above when empty
+    schema: int = EVENT_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _check_box(self.box, "box")
+        if isinstance(self.best_crop, dict):
+            self.best_crop = CropRef(**self.best_crop)
+        if not self.event_id:
+            self.event_id = make_event_id(
+                self.camera,
+                self.track_id,
+                self.matched_camera,
+                self.matched_track_id,
+                self.model_version,
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        return {"schema": data.pop("schema"), "event_id": data.pop("event_id"), **data}
+
+
+@dataclass
+class TrackSummary(_JsonRecord):
+    """A finished (or periodically refreshed) local track and the identity it was given."""
+
+    _what: ClassVar[str] = "track summary"
+
+    camera: str
+    track_id: int
+    global_id: int
+    start_ms: int
+    end_ms: int
+    num_frames: int
+    best_box: list[float]
+    num_embeddings: int
+    schema: int = field(default=EVENT_SCHEMA_VERSION)
+
+    def __post_init__(self) -> None:
+        _check_box(self.best_box, "best_box")

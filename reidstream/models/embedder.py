@@ -1,0 +1,188 @@
+"""Crops in, L2-normalised float32 embeddings out: the one entry point serving code uses.
+
+It owns everything between a detector's BGR crop and a vector a FAISS index can take:
+resizing to the model's input, colour order, normalisation, batching, device, fp16 on CUDA,
+and turning camera names into the model's side-information indices.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reidstream.assets import Assets
+from reidstream.config import Config, EmbedConfig, load_config
+from reidstream.device import autocast, select_device
+from reidstream.models.base import ReIDModel, build_model
+from reidstream.models.cameras import CameraRegistry
+from reidstream.models.checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class Embedder:
+    """Embeds person crops with a re-id model in eval mode.
+
+    ``embed`` takes BGR uint8 crops of any size (resized with cv2 to the model's input) or a
+    float tensor ``[N, 3, H, W]`` already normalised (resized bilinearly when its size differs).
+    Camera names go through the registry (-1 when unknown); ints are table indices.
+    """
+
+    def __init__(
+        self,
+        model: ReIDModel,
+        cameras: CameraRegistry | Sequence[str] = (),
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: str | torch.device = "auto",
+        batch_size: int = 32,
+        fp16: bool = True,
+        unknown_camera: str | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError("mean and std need one value per colour channel (RGB)")
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        self.model = model.to(self.device).eval()
+        if unknown_camera is not None:
+            self.model.unknown_camera = unknown_camera
+        self.cameras = cameras if isinstance(cameras, CameraRegistry) else CameraRegistry(cameras)
+        self.mean = np.asarray(mean, dtype=np.float32) * 255.0
+        self.std = np.asarray(std, dtype=np.float32) * 255.0
+        self.batch_size = batch_size
+        self.fp16 = fp16
+        self.size = (model.cfg.img_height, model.cfg.img_width)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.feature_dim
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        embed_cfg: EmbedConfig,
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> Embedder:
+        """Mean/std: given, else the checkpoint's ``meta["mean"]/["std"]`` (what it was trained
+        with), else the ``data.mean/std`` defaults."""
+        loaded = load_checkpoint(path)
+        for alias, target in embed_cfg.camera_aliases.items():
+            loaded.cameras.add_alias(alias, target)
+        data_defaults = load_config().data
+        return cls(
+            loaded.model,
+            loaded.cameras,
+            mean=mean or loaded.meta.get("mean") or data_defaults.mean,
+            std=std or loaded.meta.get("std") or data_defaults.std,
+            **_runtime_kwargs(embed_cfg),
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Config, assets: Assets) -> Embedder:
+        """``cfg.embed.checkpoint`` when set (a path, or an asset name), else ``cfg.model`` as
+        built (ImageNet init, untrained) with no named cameras."""
+        if cfg.embed.checkpoint:
+            path = Path(cfg.embed.checkpoint).expanduser()
+            if not path.is_file():
+                path = assets.asset(cfg.embed.checkpoint)
+            return cls.from_checkpoint(path, cfg.embed)
+        if cfg.embed.camera_aliases:
+            raise ValueError("embed.camera_aliases needs a checkpoint (one with named cameras)")
+        model = build_model(cfg.model, assets)
+        return cls(model, (), mean=cfg.data.mean, std=cfg.data.std, **_runtime_kwargs(cfg.embed))
+
+    def embed(
+        self,
+        crops: Sequence[np.ndarray] | torch.Tensor,
+        cameras: Sequence[str | int] | None = None,
+    ) -> np.ndarray:
+        """``float32 [N, feature_dim]``, each row of unit length."""
+        n = len(crops)
+        if cameras is not None and len(cameras) != n:
+            raise ValueError(f"{n} crops but {len(cameras)} camera ids")
+        if n == 0:
+            return np.zeros((0, self.feature_dim), dtype=np.float32)
+        camera_ids = None
+        if cameras is not None:
+            camera_ids = torch.tensor(self.cameras.indices(cameras), dtype=torch.long)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, n, self.batch_size):
+                stop = min(n, start + self.batch_size)
+                images = self._batch(crops[start:stop], start)
+                cams = None if camera_ids is None else camera_ids[start:stop].to(self.device)
+                with autocast(self.device, self.fp16):
+                    feats = self.model(images, cams)
+                out.append(F.normalize(feats.float(), dim=1).cpu())
+        return torch.cat(out).numpy()
+
+    def map_gallery(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
+        """DIMN only: classifier weight vectors ``float32 [N, D]`` for gallery features."""
+        self._require_dimn("map_gallery")
+        feats = torch.as_tensor(np.asarray(features, dtype=np.float32)).reshape(
+            -1, self.feature_dim
+        )
+        with torch.inference_mode():
+            return self.model.map_gallery(feats.to(self.device)).float().cpu().numpy()
+
+    def score(self, probe_features: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """DIMN only: logits ``[P, N]`` of probes against weights from :meth:`map_gallery`."""
+        self._require_dimn("score")
+        probes = torch.as_tensor(np.asarray(probe_features, dtype=np.float32))
+        w = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+        with torch.inference_mode():
+            return self.model.score(probes.to(self.device), w.to(self.device)).cpu().numpy()
+
+    def _require_dimn(self, what: str) -> None:
+        if not hasattr(self.model, "map_gallery"):
+            raise TypeError(
+                f"{what}: model {self.model.cfg.name!r} has no gallery mapping; only dimn maps "
+                "gallery features to classifier weights (compare embeddings by cosine instead)"
+            )
+
+    def _batch(self, crops: Sequence[np.ndarray] | torch.Tensor, offset: int) -> torch.Tensor:
+        height, width = self.size
+        if isinstance(crops, torch.Tensor):
+            if crops.ndim != 4 or crops.shape[1] != 3:
+                raise ValueError(f"tensor input must be [N, 3, H, W], got {tuple(crops.shape)}")
+            images = crops.to(self.device, dtype=torch.float32)
+            if tuple(images.shape[2:]) != (height, width):
+                images = F.interpolate(
+                    images, size=(height, width), mode="bilinear", align_corners=False
+                )
+            return images
+        import cv2
+
+        batch = np.empty((len(crops), height, width, 3), dtype=np.float32)
+        for i, crop in enumerate(crops):
+            if not isinstance(crop, np.ndarray) or crop.dtype != np.uint8 or crop.ndim != 3:
+                raise ValueError(
+                    f"crop {offset + i}: expected a BGR uint8 HxWx3 array, got "
+                    f"{getattr(crop, 'dtype', type(crop).__name__)} "
+                    f"{getattr(crop, 'shape', '')}"
+                )
+            if crop.shape[2] != 3 or crop.shape[0] == 0 or crop.shape[1] == 0:
+                raise ValueError(f"crop {offset + i}: shape {crop.shape} is not a HxWx3 image")
+            resized = cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
+            batch[i] = resized[:, :, ::-1]
+        batch = (batch - self.mean) / self.std
+        return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(self.device)
+
+
+def _runtime_kwargs(embed_cfg: EmbedConfig) -> dict:
+    return {
+        "device": embed_cfg.device,
+        "batch_size": embed_cfg.batch_size,
+        "fp16": embed_cfg.fp16,
+        "unknown_camera": embed_cfg.unknown_camera,
+    }

@@ -1,0 +1,108 @@
+"""``reidstream bench pipeline``: end-to-end frames/s and latency for 1, 2, 4, ... cameras.
+
+Each run starts a fresh embedded broker and pipeline, publishes the bundled video as N
+cameras at their real rate for a fixed time, and reports what the pipeline sustained:
+frames/s, capture-to-result latency per frame, capture-to-event latency, and where the
+workers' time went per stage. Numbers for BENCHMARKS.md come from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from reidstream.cli import add_config_arguments, load_cli_config
+
+
+def add_arguments_run_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", choices=["pipeline"], help="what to measure")
+    add_config_arguments(parser)
+    parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--fps", type=float, default=10.0, help="publishing rate per camera")
+    parser.add_argument("--seconds", type=float, default=30.0, help="publishing time per run")
+    parser.add_argument("--out", default="runs/bench/pipeline.json", help="JSON results")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from reidstream.assets import Assets
+    from reidstream.raycluster import ensure_ray
+
+    cfg = load_cli_config(args)
+    video = Assets.from_config(cfg.assets).asset("vtest.avi")
+    ensure_ray(cfg.pipeline.ray_address)
+    results = []
+    for n in args.cameras:
+        print(f"bench: {n} camera(s) at {args.fps:g} fps for {args.seconds:g} s ...", flush=True)
+        result = _one_run(copy.deepcopy(cfg), str(video), n, args.fps, args.seconds)
+        results.append(result)
+        _print_row(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"bench: results in {out}")
+    return 0
+
+
+def _one_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float) -> dict[str, Any]:
+    from reidstream.ingest.broker import EmbeddedBroker
+    from reidstream.ingest.publisher import crop_view, publish
+    from reidstream.pipeline.runner import Pipeline
+
+    # Cameras are different crops of the video, so each has its own people and tracker load.
+    width = 0.6
+    step = (1 - width) / max(cameras - 1, 1)
+    views = {
+        f"cam{i + 1}": crop_view(i * step, 0.0, i * step + width, 1.0) for i in range(cameras)
+    }
+    cfg.kafka.group_id = f"reidstream-bench-{uuid.uuid4().hex[:8]}"
+    cfg.pipeline.idle_stop_seconds = 5.0
+    cfg.pipeline.run_seconds = seconds + 60.0
+    with EmbeddedBroker() as broker:
+        cfg.kafka.bootstrap_servers = broker.bootstrap_servers
+        pipeline = Pipeline(cfg).start()
+        stop = threading.Event()
+        publisher = threading.Thread(
+            target=publish,
+            args=(cfg.kafka, video, views, fps),
+            kwargs={"max_frames": int(seconds * fps), "loop": True, "stop": stop},
+            daemon=True,
+        )
+        started = time.monotonic()
+        publisher.start()
+        try:
+            stats = pipeline.run()
+        finally:
+            stop.set()
+            publisher.join(timeout=10)
+            pipeline.shutdown()
+        wall = time.monotonic() - started
+    summary = stats.summary()
+    offered = cameras * fps
+    return {
+        "cameras": cameras,
+        "offered_fps": offered,
+        "processed_frames": summary["frames"],
+        "sustained_fps": round(summary["frames"] / (wall - cfg.pipeline.idle_stop_seconds), 2),
+        "frame_latency_ms": summary["frame_latency_ms"],
+        "event_latency_ms": summary["event_latency_ms"],
+        "events": summary["events"],
+        "stage_seconds": summary["stage_seconds"],
+        "wall_seconds": round(wall, 1),
+    }
+
+
+def _print_row(r: dict[str, Any]) -> None:
+    lat = r["frame_latency_ms"]
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(r["stage_seconds"].items()))
+    print(
+        f"  cameras={r['cameras']} offered={r['offered_fps']:g} fps sustained={r['sustained_fps']}"
+        f" fps latency p50/p95/p99={lat.get('p50')}/{lat.get('p95')}/{lat.get('p99')} ms"
+        f" events={r['events']}\n  stage time: {stages}",
+        flush=True,
+    )

@@ -1,0 +1,411 @@
+"""The function every Ray Train worker runs: one DDP rank of a re-id training run.
+
+Per epoch every rank reports its metrics through ``ray.train.report`` (a barrier); rank 0 also
+hands over a checkpoint folder in the project's own format (see ``state.py``). A worker group
+that restarts after a failure, or a run started again under the same name, finds the latest
+checkpoint through ``ray.train.get_checkpoint()`` and continues from its epoch. After the last
+epoch rank 0 exports ``model.pt``, evaluates it, and reports that folder as the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from reidstream.assets import Assets
+from reidstream.config import Config, build_dataclass
+from reidstream.device import autocast
+from reidstream.training.data import TrainData, load_train_data
+from reidstream.training.objectives import Objective, build_objective, objective_name
+from reidstream.training.optim import build_optimizer, build_scheduler, param_groups
+from reidstream.training.state import (
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    MODEL_FP32_FILE,
+    Progress,
+    load_train_state,
+    resume_model_file,
+    save_train_state,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Rank:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point; ``loop_config["cfg"]`` is the run's full config as a dict."""
+    import ray.train
+    import ray.train.torch
+
+    cfg: Config = build_dataclass(Config, loop_config["cfg"], where="config")
+    ctx = ray.train.get_context()
+    rank = Rank(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+    torch.manual_seed(cfg.train.seed * 1000 + rank.rank)
+    if rank.device.type == "cpu":
+        torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    assets = Assets.from_config(cfg.assets)
+    data = load_train_data(cfg, assets)
+    if rank.is_main:
+        log.info("%s", data.summary())
+
+    model = build_run_model(cfg, data, assets)
+    objective = build_objective(model, cfg.train)
+    sampler, loader = build_loader(cfg, data, objective_name(cfg.train, cfg.model.name), rank)
+    steps_per_epoch = len(sampler)
+    if cfg.train.max_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+
+    checkpoint = ray.train.get_checkpoint()
+    resumed = checkpoint is not None
+    state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = restore_weights(Path(folder), objective)
+
+    # DDP wrap (and move to the device) before the optimizer exists, so that its state
+    # (fresh or restored) lives on the device of the parameters.
+    ddp = ray.train.torch.prepare_model(objective)
+    if rank.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    optimizer = build_optimizer(
+        param_groups(objective, cfg.train, objective.center_parameters()), cfg.train
+    )
+    scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch)
+    use_amp = cfg.train.amp and rank.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    progress = Progress()
+    if state is not None:
+        progress = restore_optimization(state, optimizer, scheduler, scaler)
+        if rank.is_main:
+            log.info("resuming after epoch %d (step %d)", progress.epoch, progress.step)
+    start_epoch = progress.epoch
+    if progress.finished and (
+        cfg.train.max_minutes <= 0 or progress.train_seconds < 60 * cfg.train.max_minutes
+    ):
+        progress.finished = False  # the time budget was raised since the run stopped
+    trainer = _Stepper(cfg, rank, ddp, objective, optimizer, scheduler, scaler, use_amp)
+    todo = max(0, cfg.train.epochs - start_epoch) * steps_per_epoch
+    trainer.bar = progress_bar(rank, todo, bool(loop_config.get("progress", False)))
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if progress.finished:
+            break
+        sampler.set_epoch(epoch)
+        stats, stopped = trainer.run_epoch(loader, epoch, steps_per_epoch, progress, resumed)
+        progress.epoch = epoch + 1
+        progress.finished = stopped
+        metrics = {
+            "epoch": progress.epoch,
+            "step": progress.step,
+            "resumed_from_epoch": start_epoch if resumed else -1,
+            "time_budget_hit": int(stopped),
+            "lr": optimizer.param_groups[0]["lr"],
+            **stats,
+        }
+        progress.history.append(dict(metrics))
+        report_epoch(metrics, rank, objective, data, cfg, progress, optimizer, scheduler, scaler)
+    if trainer.bar is not None:
+        trainer.bar.close()
+    finish(cfg, rank, objective, data, assets, progress, optimizer, scheduler, scaler)
+
+
+def build_run_model(cfg: Config, data: TrainData, assets: Assets):
+    """``model.*`` with the classifier and SIE table sized by the training data."""
+    from reidstream.models import build_model
+
+    model_cfg = dataclasses.replace(
+        cfg.model,
+        num_classes=data.num_classes,
+        num_cameras=data.num_cameras if cfg.model.sie else 0,
+    )
+    return build_model(model_cfg, assets)
+
+
+def build_loader(cfg: Config, data: TrainData, objective: str, rank: Rank):
+    """Identity-balanced P x K batches (supervised) or DIMN episodes, disjoint per rank."""
+    from reidstream.data.sampler import PKBatchSampler
+    from reidstream.data.transforms import ImageDataset, build_train_transform
+    from reidstream.training.episodes import EpisodeBatchSampler
+
+    transform = build_train_transform(cfg.data, cfg.model.img_height, cfg.model.img_width)
+    dataset = ImageDataset(data.records, transform)
+    if objective == "episodic":
+        sampler = EpisodeBatchSampler(
+            data.records, cfg.train.episode_ids, rank.world, rank.rank, cfg.train.seed
+        )
+    else:
+        sampler = PKBatchSampler(
+            dataset.pids,
+            cfg.data.ids_per_batch,
+            cfg.data.images_per_id,
+            num_replicas=rank.world,
+            rank=rank.rank,
+            seed=cfg.train.seed,
+        )
+    workers = cfg.data.num_workers
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=rank.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    return sampler, loader
+
+
+def restore_weights(folder: Path, objective: Objective) -> dict[str, Any]:
+    """Model weights and loss state from a checkpoint folder of this run; returns the rest of
+    the training state for :func:`restore_optimization`."""
+    from reidstream.models import load_checkpoint
+
+    loaded = load_checkpoint(resume_model_file(folder))
+    objective.model.load_state_dict(loaded.model.state_dict(), strict=True)
+    state = load_train_state(folder)
+    objective.load_loss_state_dict(state["loss_state"])
+    return state
+
+
+def restore_optimization(
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+) -> Progress:
+    """Optimizer moments, LR schedule position, grad scale and progress of a checkpoint.
+
+    A run extended to more epochs keeps its step count, so the cosine continues on the
+    longer schedule from where the run stopped.
+    """
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    return Progress.from_dict(state["progress"])
+
+
+class _Stepper:
+    """One epoch of optimizer steps, with the progress bar, time budget and test fault hook."""
+
+    def __init__(self, cfg, rank, ddp, objective, optimizer, scheduler, scaler, use_amp):
+        self.cfg, self.rank, self.ddp, self.objective = cfg, rank, ddp, objective
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.use_amp = use_amp
+        self.bar = None
+
+    def run_epoch(
+        self, loader: DataLoader, epoch: int, steps: int, progress: Progress, resumed: bool
+    ) -> tuple[dict[str, float], bool]:
+        cfg, rank = self.cfg.train, self.rank
+        self.ddp.train()
+        sums: dict[str, float] = defaultdict(float)
+        images = 0
+        stopped = False
+        if self.bar is not None:
+            self.bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+        start = time.perf_counter()
+        it = iter(loader)
+        for _ in range(steps):
+            if cfg.fail_at_step >= 0 and progress.step == cfg.fail_at_step and not resumed:
+                simulate_crash(rank)
+            batch, pids, camids, _ = next(it)
+            batch = batch.to(rank.device, non_blocking=True)
+            pids = pids.to(rank.device, non_blocking=True)
+            camids = camids.to(rank.device, non_blocking=True)
+            with autocast(rank.device, self.use_amp):
+                loss, parts = self.ddp(batch, pids, camids)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.objective.parameters(), cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.objective.after_step()
+            progress.step += 1
+            images += batch.shape[0]
+            sums["loss"] += float(loss.detach())
+            for name, value in parts.items():
+                sums[name] += float(value.detach())
+            sums["n"] += 1
+            if self.bar is not None:
+                self.bar.update(1)
+            elapsed = progress.train_seconds + time.perf_counter() - start
+            if cfg.max_minutes > 0 and all_ranks_any(rank, elapsed > 60 * cfg.max_minutes):
+                stopped = True
+                break
+        seconds = time.perf_counter() - start
+        progress.train_seconds += seconds
+        stats = mean_over_ranks(rank, sums)
+        stats["images_per_s"] = images * rank.world / max(seconds, 1e-9)
+        stats["epoch_seconds"] = seconds
+        stats["train_seconds"] = progress.train_seconds
+        return stats, stopped
+
+
+def simulate_crash(rank: Rank) -> None:
+    """``train.fail_at_step``: the last rank dies as a killed process would (no cleanup).
+
+    It first waits until Ray Train has committed every checkpoint reported so far: a crash in
+    the instant between ``report`` and the commit would lose that checkpoint, and a test of
+    "resumes from the last checkpoint" must know which checkpoint is the last one.
+    """
+    if rank.rank != rank.world - 1:
+        return
+    import ray.train
+
+    ray.train.get_all_reported_checkpoints(
+        consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED
+    )
+    log.warning("train.fail_at_step reached: rank %d kills itself", rank.rank)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def all_ranks_any(rank: Rank, flag: bool) -> bool:
+    """One rank's stop decision for all, so no rank waits in a collective for the others."""
+    if rank.world == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0], device=rank.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def mean_over_ranks(rank: Rank, sums: dict[str, float]) -> dict[str, float]:
+    """Per-step means of every summed quantity, averaged over all ranks."""
+    keys = sorted(sums)
+    values = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=rank.device)
+    if rank.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+    total = dict(zip(keys, values.tolist(), strict=True))
+    n = max(total.pop("n", 0.0), 1.0)
+    return {k: v / n for k, v in total.items()}
+
+
+def progress_bar(rank: Rank, total: int, enabled: bool):
+    """One tqdm bar for the run on rank 0, drawn on the driver's terminal by Ray's tqdm.
+
+    The driver enables it only when its stdout is a terminal: in logs (CI, batch jobs) the
+    per-epoch log lines say the same without a redraw per step.
+    """
+    if not (enabled and rank.is_main and total > 0):
+        return None
+    from ray.experimental.tqdm_ray import tqdm
+
+    return tqdm(total=total, desc="training", unit="step")
+
+
+def _meta(cfg: Config, data: TrainData, progress: Progress) -> dict[str, Any]:
+    return {
+        "mean": list(cfg.data.mean),
+        "std": list(cfg.data.std),
+        "train_sources": data.sources,
+        "train_identities": data.num_classes,
+        "train_images": len(data.records),
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "train_seconds": round(progress.train_seconds, 1),
+        "train_config": dataclasses.asdict(cfg.train),
+        "data_config": dataclasses.asdict(cfg.data),
+    }
+
+
+def write_checkpoint(
+    folder: Path, objective, data, cfg, progress, optimizer, scheduler, scaler, half=False
+) -> None:
+    from reidstream.models import save_checkpoint
+
+    meta = _meta(cfg, data, progress)
+    save_checkpoint(folder / MODEL_FILE, objective.model, data.cameras, meta, half=half)
+    if half:
+        save_checkpoint(folder / MODEL_FP32_FILE, objective.model, data.cameras, meta)
+    save_train_state(folder, progress, optimizer, scheduler, scaler, objective.loss_state_dict())
+
+
+def report_epoch(metrics, rank, objective, data, cfg, progress, optimizer, scheduler, scaler):
+    import ray.train
+
+    if not rank.is_main:
+        ray.train.report(metrics)
+        return
+    log.info(
+        "epoch %d step %d loss %.4f (%.1f images/s)",
+        metrics["epoch"], metrics["step"], metrics["loss"], metrics["images_per_s"],
+    )
+    with tempfile.TemporaryDirectory(prefix="reidstream-ckpt-") as tmp:
+        folder = Path(tmp)
+        write_checkpoint(folder, objective, data, cfg, progress, optimizer, scheduler, scaler)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"checkpoint_epoch{progress.epoch:04d}",
+        )
+
+
+def finish(cfg, rank, objective, data, assets, progress, optimizer, scheduler, scaler) -> None:
+    """Rank 0 exports ``model.pt``, evaluates it and reports both as the final checkpoint."""
+    import ray.train
+
+    if not rank.is_main:
+        ray.train.report({"final": 1, "epoch": progress.epoch, "step": progress.step})
+        return
+    with tempfile.TemporaryDirectory(prefix="reidstream-final-") as tmp:
+        folder = Path(tmp)
+        write_checkpoint(
+            folder, objective, data, cfg, progress, optimizer, scheduler, scaler,
+            half=cfg.train.export_half,
+        )
+        write_json(folder / HISTORY_FILE, progress.history)
+        metrics: dict[str, Any] = {"final": 1, "epoch": progress.epoch, "step": progress.step}
+        if cfg.train.eval_at_end:
+            metrics.update(evaluate_export(cfg, folder / MODEL_FILE, folder, assets))
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"checkpoint_final{progress.epoch:04d}",
+        )
+
+
+def evaluate_export(cfg: Config, model_path: Path, out_dir: Path, assets: Assets) -> dict:
+    """Evaluate the exported checkpoint as serving will load it; metrics.json beside it."""
+    from reidstream.evaluation.evaluate import evaluate, save_report
+
+    eval_cfg = dataclasses.replace(
+        cfg.eval,
+        checkpoint=str(model_path),
+        dataset=cfg.train.eval_dataset or cfg.eval.dataset,
+    )
+    report = evaluate(dataclasses.replace(cfg, eval=eval_cfg), assets, progress=False)
+    save_report(report, out_dir, cfg.eval.plot_queries, cfg.eval.plot_topk)
+    log.info("\n%s", report.table())
+    m = report.metrics
+    assert (out_dir / METRICS_FILE).is_file()
+    return {
+        "eval_dataset": report.dataset,
+        "rank1": float(m.rank(1)),
+        "mAP": float(m.mAP),
+        "mINP": float(m.mINP),
+    }

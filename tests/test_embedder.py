@@ -1,0 +1,149 @@
+"""Embedder on real CUHK03 crops with the real ImageNet MobileNetV2 weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from reidstream.config import load_config
+from reidstream.models import CameraRegistry, Embedder, build_model, save_checkpoint
+
+torch.set_num_threads(2)
+DEFAULTS = load_config()
+MEAN, STD = DEFAULTS.data.mean, DEFAULTS.data.std
+
+
+def embed_cfg(**overrides):
+    return dataclasses.replace(DEFAULTS.embed, device="cpu", **overrides)
+
+
+def sie_model():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(
+        DEFAULTS.model, name="transreid", depth=1, jpm=False, num_cameras=2, pretrained=""
+    )
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.sie.table.mul_(20)  # make the camera matter as much as after training
+    return model
+
+
+@pytest.fixture(scope="module")
+def crops(data_dir: Path) -> list[np.ndarray]:
+    """Real crops at their stored size and, for two of them, smaller detector-like sizes."""
+    paths = sorted((data_dir / "cuhk03-labeled" / "query").glob("*.jpg"))[:5]
+    images = [cv2.imread(str(p)) for p in paths]
+    images[3] = cv2.resize(images[3], (47, 101))
+    images[4] = images[4][20:200, 10:100]
+    return images
+
+
+@pytest.fixture(scope="module")
+def bot(assets):
+    return Embedder(
+        build_model(DEFAULTS.model, assets), mean=MEAN, std=STD, device="cpu", batch_size=32
+    )
+
+
+def test_unit_float32_features_and_batch_invariance(bot, crops):
+    feats = bot.embed(crops)
+    assert feats.dtype == np.float32 and feats.shape == (5, 1280) == (5, bot.feature_dim)
+    assert np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    assert np.isfinite(feats).all() and not np.allclose(feats[0], feats[1], atol=1e-3)
+    bot.batch_size = 2
+    try:
+        assert np.allclose(bot.embed(crops), feats, atol=1e-5)
+        assert np.allclose(bot.embed(crops[2:3]), feats[2:3], atol=1e-5)
+    finally:
+        bot.batch_size = 32
+
+
+def test_empty_input(bot):
+    assert bot.embed([]).shape == (0, 1280)
+    assert bot.embed(torch.zeros(0, 3, 256, 128)).dtype == np.float32
+    assert bot.embed([], cameras=[]).shape == (0, 1280)
+
+
+def test_tensor_input_matches_bgr_crops(bot, crops):
+    """Pre-normalised RGB tensors give what BGR crops give: same colour order and scaling."""
+    mean, std = np.array(MEAN) * 255, np.array(STD) * 255
+    rgb = [(cv2.resize(c, (128, 256))[:, :, ::-1] - mean) / std for c in crops[:3]]
+    tensor = torch.tensor(np.stack(rgb), dtype=torch.float32).permute(0, 3, 1, 2)
+    assert np.allclose(bot.embed(tensor), bot.embed(crops[:3]), atol=1e-4)
+    swapped = bot.embed([c[:, :, ::-1].copy() for c in crops[:3]])
+    assert not np.allclose(swapped, bot.embed(crops[:3]), atol=1e-3)
+
+
+def test_bad_inputs_are_refused(bot, crops):
+    with pytest.raises(ValueError, match="crop 1: expected a BGR uint8"):
+        bot.embed([crops[0], crops[1].astype(np.float32)])
+    with pytest.raises(ValueError, match="HxWx3"):
+        bot.embed([crops[0][:, :, :1].copy()])
+    with pytest.raises(ValueError, match="2 crops but 1 camera ids"):
+        bot.embed(crops[:2], cameras=["c1"])
+    with pytest.raises(TypeError, match="only dimn"):
+        bot.map_gallery(np.zeros((1, 1280), np.float32))
+
+
+def test_camera_names_ints_aliases_and_unknown(crops, caplog):
+    model = sie_model()
+    reg = CameraRegistry(["c1", "c2"], aliases={"lobby": "c2"})
+    emb = Embedder(model, reg, mean=MEAN, std=STD, device="cpu")
+    x = crops[:2]
+    by_name = emb.embed(x, ["c2", "c2"])
+    assert np.array_equal(by_name, emb.embed(x, [1, 1]))
+    assert np.array_equal(by_name, emb.embed(x, ["lobby", "lobby"]))
+    assert not np.allclose(by_name, emb.embed(x, ["c1", "c1"]), atol=1e-3)
+    with caplog.at_level("WARNING"):
+        unknown = emb.embed(x, ["garage", "garage"])
+    assert any("garage" in r.message for r in caplog.records)
+    assert np.array_equal(unknown, emb.embed(x, None))  # zero policy: no side information
+    strict = Embedder(model, reg, mean=MEAN, std=STD, device="cpu", unknown_camera="error")
+    with pytest.raises(ValueError, match="unknown camera"):
+        strict.embed(x, ["garage", "c1"])
+
+
+def test_from_checkpoint_and_from_config(tmp_path, crops, assets):
+    model = sie_model()
+    reference = Embedder(model, ["c1", "c2"], mean=MEAN, std=STD, device="cpu")
+    expected = reference.embed(crops[:3], ["c1", "c2", "c1"])
+    path = save_checkpoint(tmp_path / "sie.pt", model, ["c1", "c2"], {"mean": MEAN, "std": STD})
+
+    emb = Embedder.from_checkpoint(path, embed_cfg(batch_size=2, camera_aliases={"door": "c2"}))
+    assert emb.batch_size == 2 and emb.cameras.index("door") == 1
+    assert np.allclose(emb.embed(crops[:3], ["c1", "c2", "c1"]), expected, atol=1e-5)
+    strict = Embedder.from_checkpoint(path, embed_cfg(unknown_camera="error"))
+    with pytest.raises(ValueError, match="unknown camera"):
+        strict.embed(crops[:1], ["nowhere"])
+
+    cfg = dataclasses.replace(DEFAULTS, embed=embed_cfg(checkpoint=str(path)))
+    from_cfg = Embedder.from_config(cfg, assets)
+    assert np.allclose(from_cfg.embed(crops[:3], ["c1", "c2", "c1"]), expected, atol=1e-5)
+
+    untrained = Embedder.from_config(dataclasses.replace(DEFAULTS, embed=embed_cfg()), assets)
+    assert untrained.model.cfg.name == "bot" and len(untrained.cameras) == 0
+    assert untrained.embed(crops[:1]).shape == (1, 1280)
+
+
+def test_fp16_flag_is_a_no_op_on_cpu(bot, crops):
+    half = Embedder(bot.model, mean=MEAN, std=STD, device="cpu", fp16=True)
+    full = Embedder(bot.model, mean=MEAN, std=STD, device="cpu", fp16=False)
+    assert np.array_equal(half.embed(crops[:2]), full.embed(crops[:2]))
+
+
+def test_dimn_gallery_mapping(assets, crops):
+    cfg = dataclasses.replace(DEFAULTS.model, name="dimn", num_classes=0)
+    emb = Embedder(build_model(cfg, assets), mean=MEAN, std=STD, device="cpu")
+    gallery, probes = emb.embed(crops[:3]), emb.embed(crops[3:])
+    weights = emb.map_gallery(gallery)
+    assert weights.shape == (3, 1280) and weights.dtype == np.float32
+    logits = emb.score(probes, weights)
+    assert logits.shape == (2, 3)
+    with torch.no_grad():
+        expected = emb.model.score(torch.from_numpy(probes), torch.from_numpy(weights))
+    assert np.allclose(logits, expected.numpy(), atol=1e-5)

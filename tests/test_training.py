@@ -1,0 +1,364 @@
+"""Training: losses against hand-computed cases, DIMN episodes, and real Ray Train runs.
+
+The Ray runs are CI-sized (64x32 images, a dozen cuhk03-labeled identities, two steps an epoch)
+but real: a TorchTrainer with 2 gloo workers under DDP, a worker killed mid-run and restarted
+by Ray Train from the last checkpoint, and a finished run extended with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reidstream.config import load_config
+from reidstream.training.losses import (
+    LOSSES,
+    BatchHardTriplet,
+    CenterLoss,
+    CrossEntropyLabelSmooth,
+    EpisodeClassification,
+    LogitTriplet,
+    MappedWeightRegulariser,
+    MemoryBankClassification,
+)
+from reidstream.training.optim import warmup_cosine
+
+# ---- losses -------------------------------------------------------------------------------
+
+
+def test_losses_registered_by_name():
+    for name in ("cross_entropy", "triplet", "center", "dimn_episode", "dimn_memory",
+                 "dimn_weight_reg", "logit_triplet"):
+        assert name in LOSSES
+    with pytest.raises(KeyError, match="registered"):
+        LOSSES.get("arcface")
+
+
+def test_label_smoothing_cross_entropy_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    targets = torch.tensor([0, 1])
+    eps = 0.1
+    expected = 0.0
+    for row, t in zip(logits.tolist(), targets.tolist(), strict=True):
+        log_z = math.log(sum(math.exp(v) for v in row))
+        logp = [v - log_z for v in row]
+        q = [eps / 3 + (1 - eps) * (i == t) for i in range(3)]
+        expected += -sum(qi * lp for qi, lp in zip(q, logp, strict=True)) / 2
+    got = CrossEntropyLabelSmooth(eps)(logits, targets)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    plain = CrossEntropyLabelSmooth(0.0)(logits, targets)
+    assert plain.item() == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-6)
+    with pytest.raises(ValueError):
+        CrossEntropyLabelSmooth(1.0)
+
+
+def test_batch_hard_triplet_by_hand():
+    # 1-D features: distances are |a - b|. ids 0: {0, 2}, ids 1: {3, 7}
+    feats = torch.tensor([[0.0], [2.0], [3.0], [7.0]], requires_grad=True)
+    pids = torch.tensor([0, 0, 1, 1])
+    # anchor: (hardest positive, hardest negative) = (2, 3), (2, 1), (4, 1), (4, 5)
+    diffs = [2 - 3, 2 - 1, 4 - 1, 4 - 5]
+    hard = BatchHardTriplet(margin=1.5)(feats, pids)
+    assert hard.item() == pytest.approx(sum(max(0.0, d + 1.5) for d in diffs) / 4, rel=1e-5)
+    soft = BatchHardTriplet(margin=0.0)(feats, pids)
+    assert soft.item() == pytest.approx(sum(math.log1p(math.exp(d)) for d in diffs) / 4, rel=1e-5)
+    hard.backward()
+    assert torch.isfinite(feats.grad).all() and feats.grad.abs().sum() > 0
+    # a batch of one identity has no negative: zero loss, still differentiable
+    lone = BatchHardTriplet(0.3)(feats[:2], pids[:2])
+    assert lone.item() == 0.0 and lone.requires_grad
+
+
+def test_center_loss_by_hand():
+    loss = CenterLoss(num_classes=2, feat_dim=2)
+    with torch.no_grad():
+        loss.centers.copy_(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    feats = torch.tensor([[3.0, 4.0], [1.0, 2.0]])
+    # 0.5 * mean(25, 1)
+    assert loss(feats, torch.tensor([0, 1])).item() == pytest.approx(6.5)
+
+
+def test_dimn_losses_by_hand():
+    logits = torch.tensor([[3.0, 1.0, 2.9], [0.0, 2.0, 1.0], [1.0, 1.0, 1.0]])
+    ce = EpisodeClassification()(logits)
+    by_hand = -sum(
+        logits[i, i].item() - math.log(sum(math.exp(v) for v in logits[i].tolist()))
+        for i in range(3)
+    ) / 3
+    assert ce.item() == pytest.approx(by_hand, rel=1e-6)
+    # margin 0.3: rows give 0.3-3+2.9=0.2, 0.3-2+1<0 -> 0, 0.3-1+1=0.3
+    assert LogitTriplet(0.3)(logits).item() == pytest.approx((0.2 + 0.0 + 0.3) / 3, rel=1e-5)
+    with pytest.raises(ValueError, match="square"):
+        EpisodeClassification()(logits[:2])
+
+    memory = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # D=2 x C=2, columns (1,0) and (0,2)
+    weights = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    reg = MappedWeightRegulariser()(weights, memory, torch.tensor([0, 1]))
+    assert reg.item() == pytest.approx(((0 + 1) + (0 + 4)) / 2)  # ||(0,1)||^2, ||(0,-2)||^2
+
+    feats = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    scale = 4.0
+    cos = torch.tensor([[1.0, 0.0], [2**-0.5, 2**-0.5]])
+    mem = MemoryBankClassification(scale)(feats, memory, torch.tensor([0, 1]))
+    assert mem.item() == pytest.approx(F.cross_entropy(scale * cos, torch.tensor([0, 1])).item())
+
+
+def test_warmup_cosine_schedule():
+    args = {"total_steps": 100, "warmup_steps": 10, "warmup_factor": 0.1, "final_factor": 0.01}
+    assert warmup_cosine(0, **args) == pytest.approx(0.1)
+    assert warmup_cosine(5, **args) == pytest.approx(0.55)
+    assert warmup_cosine(10, **args) == pytest.approx(1.0)
+    assert warmup_cosine(55, **args) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert warmup_cosine(100, **args) == pytest.approx(0.01)
+    values = [warmup_cosine(s, **args) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+# ---- DIMN episodes on real images ----------------------------------------------------------
+
+
+def _tiny_cfg(assets_dir: Path, data_dir: Path, tmp_path: Path, **extra):
+    overrides = {
+        "assets.assets_dir": str(assets_dir),
+        "assets.data_dir": str(data_dir),
+        "model.img_height": 64,
+        "model.img_width": 32,
+        "data.num_workers": 0,
+        "data.ids_per_batch": 4,
+        "data.images_per_id": 2,
+        "train.max_identities": 12,
+        "train.epochs": 3,
+        "train.max_steps_per_epoch": 2,
+        "train.warmup_epochs": 1.0,
+        "train.storage_path": str(tmp_path),
+        "train.name": "run",
+        "train.cpus_per_worker": 0.5,
+        "train.progress": False,
+        "eval.max_queries": 20,
+        "eval.max_gallery": 120,
+        "eval.plot_queries": 0,
+    }
+    overrides.update(extra)
+    return load_config(None, overrides)
+
+
+def test_episode_sampler_two_ranks(assets):
+    from reidstream.data.market import load_dataset
+    from reidstream.training.episodes import EpisodeBatchSampler
+
+    records = load_dataset("cuhk03-labeled", assets, load_config().data).train[:400]
+    samplers = [EpisodeBatchSampler(records, 5, num_replicas=2, rank=r, seed=3) for r in (0, 1)]
+    assert len(samplers[0]) == len(samplers[1]) > 1
+    for s in samplers:
+        s.set_epoch(1)
+    for b0, b1 in zip(*samplers, strict=True):
+        ids = []
+        for batch in (b0, b1):
+            gallery, probe = batch[:5], batch[5:]
+            assert [records[g].pid for g in gallery] == [records[p].pid for p in probe]
+            assert all(records[g].camid != records[p].camid for g, p in zip(gallery, probe,
+                                                                            strict=True))
+            assert len({records[g].pid for g in gallery}) == 5
+            ids.append({records[g].pid for g in gallery})
+        assert not ids[0] & ids[1]  # ranks see disjoint identities in a step
+    again = EpisodeBatchSampler(records, 5, num_replicas=2, rank=0, seed=3)
+    again.set_epoch(1)
+    assert list(again) == list(samplers[0])
+    again.set_epoch(2)
+    assert list(again) != list(samplers[0])
+
+
+def test_dimn_episode_step_updates_memory_bank(assets_dir, data_dir, tmp_path):
+    from reidstream.assets import Assets
+    from reidstream.training.data import load_train_data
+    from reidstream.training.episodes import EpisodeBatchSampler
+    from reidstream.training.loop import Rank, build_loader, build_run_model
+    from reidstream.training.objectives import EpisodicObjective, build_objective
+
+    torch.manual_seed(0)
+    cfg = _tiny_cfg(assets_dir, data_dir, tmp_path, **{"model.name": "dimn",
+                                                       "train.episode_ids": 4})
+    assets = Assets.from_config(cfg.assets)
+    data = load_train_data(cfg, assets)
+    assert data.num_classes == 12
+    model = build_run_model(cfg, data, assets)
+    objective = build_objective(model, cfg.train)
+    assert isinstance(objective, EpisodicObjective)
+    sampler, loader = build_loader(cfg, data, "episodic", Rank(0, 1, torch.device("cpu")))
+    assert isinstance(sampler, EpisodeBatchSampler)
+    images, pids, camids, _ = next(iter(loader))
+    assert images.shape == (8, 3, 64, 32)
+    objective.train()
+    loss, parts = objective(images, pids, camids)
+    assert set(parts) >= {"episode", "memory", "weight_reg", "logit_triplet"}
+    assert parts["weight_reg"].item() == 0.0  # empty bank: nothing to pull towards yet
+    loss.backward()
+    assert model.mapping[0].weight.grad.abs().sum() > 0
+    weights = objective._pending[0].clone()  # the episode's mapped gallery weights
+    assert weights.shape == (4, model.feature_dim)
+    objective.after_step()
+    gallery_pids = pids[:4]
+    assert model.memory_filled[gallery_pids].all()
+    assert int(model.memory_filled.sum()) == 4
+    # a column seen for the first time is set to the mapped weight, not averaged with zeros
+    assert torch.allclose(model.memory[:, gallery_pids].t(), weights, atol=1e-6)
+    # same weights again: the regulariser now sees filled columns, which match exactly
+    _, parts2 = objective(images, pids, camids)
+    assert parts2["weight_reg"].item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        model.mapping[-1].bias.add_(0.5)  # a mapping that drifted from the bank's consensus
+    _, parts3 = objective(images, pids, camids)
+    assert parts3["weight_reg"].item() == pytest.approx(0.25 * model.feature_dim, rel=1e-3)
+
+
+# ---- real Ray Train runs -------------------------------------------------------------------
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "history.json").read_text())
+
+
+def _check_export(run_dir: Path, expect_half: bool) -> dict:
+    from reidstream.models import load_checkpoint
+
+    payload = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    floats = [t for t in payload["state_dict"].values() if t.is_floating_point()]
+    assert floats and all((t.dtype == torch.float16) == expect_half for t in floats)
+    loaded = load_checkpoint(run_dir / "model.pt")
+    assert loaded.cameras.to_list() == ["c1", "c2"]
+    assert loaded.meta["train_identities"] == 12
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    original = metrics["results"]["original"]
+    assert metrics["num_query"] == 20 and 0.0 <= original["mAP"] <= 1.0
+    return metrics
+
+
+@pytest.mark.slow
+def test_two_worker_run_survives_a_killed_worker(ray_local, assets_dir, data_dir, tmp_path):
+    """2 gloo workers, TransReID hybrid; rank 1 is SIGKILLed at step 3 (epoch 2); Ray Train
+    restarts the group, which resumes after epoch 1 instead of starting over."""
+    from reidstream.training.job import run_training
+
+    cfg = _tiny_cfg(
+        assets_dir, data_dir, tmp_path,
+        **{
+            "model.name": "transreid",
+            "model.backbone": "mobilenetv2",
+            "model.depth": 1,
+            "model.jpm_groups": 2,
+            "train.workers": 2,
+            "train.max_failures": 1,
+            "train.fail_at_step": 3,
+        },
+    )
+    outcome = run_training(cfg)
+    run_dir = tmp_path / "run"
+    assert outcome.run_dir == run_dir and outcome.model_path == run_dir / "model.pt"
+    history = _history(run_dir)
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # epoch 1 not trained twice
+    assert [h["resumed_from_epoch"] for h in history] == [-1, 1, 1]
+    assert [h["step"] for h in history] == [2, 4, 6]
+    assert all(math.isfinite(h["loss"]) for h in history)
+    assert outcome.metrics["epoch"] == 3 and outcome.metrics["step"] == 6
+    metrics = _check_export(run_dir, expect_half=True)
+    assert outcome.metrics["mAP"] == pytest.approx(metrics["results"]["original"]["mAP"])
+    assert (run_dir / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_resume_extends_a_finished_run(ray_local, assets_dir, data_dir, tmp_path):
+    """A 1-epoch DIMN run, then ``reidstream train --resume RUN_DIR train.epochs=2``: the
+    second run starts from the first one's checkpoint (step and memory bank carried over)."""
+    from reidstream.cli import main
+    from reidstream.models import load_checkpoint
+
+    cfg = _tiny_cfg(
+        assets_dir, data_dir, tmp_path,
+        **{"model.name": "dimn", "train.episode_ids": 4, "train.epochs": 1,
+           "train.export_half": False},
+    )
+    from reidstream.training.job import run_training
+
+    first = run_training(cfg)
+    run_dir = first.run_dir
+    assert [h["epoch"] for h in _history(run_dir)] == [1]
+    filled_before = int(load_checkpoint(run_dir / "model.pt").model.memory_filled.sum())
+    assert filled_before > 0
+
+    assert main(["train", "--resume", str(run_dir), "train.epochs=2"]) == 0
+    history = _history(run_dir)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["resumed_from_epoch"] for h in history] == [-1, 1]
+    assert [h["step"] for h in history] == [2, 4]
+    loaded = load_checkpoint(run_dir / "model.pt")
+    assert loaded.meta["epoch"] == 2 and loaded.meta["step"] == 4
+    assert int(loaded.model.memory_filled.sum()) >= filled_before
+    _check_export(run_dir, expect_half=False)
+    with pytest.raises(FileNotFoundError, match=r"config\.yaml"):
+        from reidstream.training.job import config_for_resume
+
+        config_for_resume(tmp_path / "nope", [])
+
+
+def test_train_config_in_run_dataclass():
+    cfg = load_config(None, ["train.workers=2", "train.optimizer=sgd"])
+    assert cfg.train.workers == 2 and cfg.train.optimizer == "sgd"
+    as_dict = dataclasses.asdict(cfg)
+    assert "train" in as_dict and as_dict["train"]["fail_at_step"] == -1
+
+
+@pytest.mark.parametrize(
+    "name", ["transreid_hybrid_cpu", "transreid_tiny_cpu", "transreid_vitb16_gpu", "bot_cpu",
+             "dimn_cpu"],
+)
+def test_shipped_configs_take_a_training_step(name, assets_dir, data_dir, tmp_path):
+    """Every config in train/configs builds its model, data and objective and trains a step
+    (at 64x32 on a few identities; the ViT-B config without its user-supplied weights)."""
+    from reidstream.assets import Assets
+    from reidstream.training.data import load_train_data
+    from reidstream.training.loop import Rank, build_loader, build_run_model
+    from reidstream.training.objectives import build_objective, objective_name
+    from reidstream.training.optim import build_optimizer, param_groups
+
+    path = Path(__file__).resolve().parent.parent / "train" / "configs" / f"{name}.yaml"
+    base = load_config(path)
+    overrides = {
+        "assets.assets_dir": str(assets_dir),
+        "assets.data_dir": str(data_dir),
+        "model.img_height": 64,
+        "model.img_width": 32,
+        "data.num_workers": 0,
+        "data.ids_per_batch": 2,
+        "data.images_per_id": 2,
+        "train.max_identities": 6,
+        "train.episode_ids": 3,
+    }
+    if name.endswith("gpu"):
+        overrides["model.pretrained"] = ""
+        overrides["model.depth"] = 2
+    cfg = load_config(path, overrides)
+    assets = Assets.from_config(cfg.assets)
+    data = load_train_data(cfg, assets)
+    model = build_run_model(cfg, data, assets)
+    objective = build_objective(model, cfg.train)
+    _, loader = build_loader(cfg, data, objective_name(cfg.train, cfg.model.name),
+                             Rank(0, 1, torch.device("cpu")))
+    optimizer = build_optimizer(param_groups(objective, cfg.train,
+                                             objective.center_parameters()), cfg.train)
+    images, pids, camids, _ = next(iter(loader))
+    objective.train()
+    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    loss, parts = objective(images, pids, camids)
+    assert torch.isfinite(loss) and parts
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    after = [p for p in model.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert base.train.name and base.train.epochs > 0
