@@ -140,6 +140,10 @@ def test_combine_keeps_eval_distractors_and_offsets(tmp_path: Path):
     assert [r.camid for r in both.query] == [0, 0, 2, 2]  # each source has 2 cameras
     assert [r.pid for r in both.query] == [1, 2, 3, 4]
     assert sorted(r.pid for r in both.gallery) == [0, 0, 1, 2, 3, 4]  # distractors stay 0
+    assert sorted(r.pid for r in both.train) == [0, 1, 2, 3]  # train id 0 is an identity
+    nested = combine_datasets([both, a])
+    assert nested.num_domains == 3 and sorted({r.domain for r in nested.train}) == [0, 1, 2]
+    assert nested.num_train_pids == 6 and nested.num_cameras == 6
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -202,13 +206,17 @@ def test_image_dataset_and_pk_loader_on_real_images(data_dir: Path):
     assert image.shape == (3, 64, 32) and (pid, camid) == (records[5].pid, records[5].camid)
     assert index == 5
     sampler = PKBatchSampler(ds.pids, ids_per_batch=4, images_per_id=3, seed=1)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=0)
+    # A real worker process, as in training.
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=1)
     batches = list(loader)
-    assert len(batches) == len(sampler) > 0
-    for images, pids, _, idx in batches:
-        assert images.shape == (12, 3, 64, 32)
+    assert len(batches) == len(loader.batch_sampler) > 0
+    for images, pids, camids, idx in batches:
+        assert images.shape == (12, 3, 64, 32) and images.dtype == torch.float32
         assert sorted(Counter(pids.tolist()).values()) == [3, 3, 3, 3]
         assert [records[i].pid for i in idx.tolist()] == pids.tolist()
+        assert [records[i].camid for i in idx.tolist()] == camids.tolist()
+    loader.batch_sampler.set_epoch(1)
+    assert [b[3].tolist() for b in loader] != [b[3].tolist() for b in batches]
 
 
 # ----------------------------------------------------------------------------- PK sampler

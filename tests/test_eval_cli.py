@@ -106,6 +106,8 @@ def test_eval_cli_end_to_end(assets_dir: Path, data_dir: Path, tmp_path: Path, c
     argv = [
         "eval",
         *_shared_overrides(assets_dir, data_dir),
+        "model.img_height=128",
+        "model.img_width=64",
         "eval.max_queries=16",
         "eval.max_gallery=60",
         "eval.rerank=true",
@@ -160,8 +162,8 @@ def test_eval_matches_metrics_on_its_own_features(assets, tmp_path: Path):
     overrides = [
         "model.img_height=64",
         "model.img_width=32",
-        "eval.max_queries=10",
-        "eval.max_gallery=40",
+        "eval.max_queries=8",
+        "eval.max_gallery=30",
         "eval.metric=euclidean",
     ]
     cfg = load_config(overrides=overrides)

@@ -275,6 +275,26 @@ def test_clock_offset_is_recovered_from_frame_indices() -> None:
     assert blind.identity.idtp == 32 and blind.identity.idf1 == pytest.approx(64 / 100)
 
 
+def test_camera_without_frame_indices_borrows_the_shared_clock(caplog) -> None:
+    """Today's wire: camera A's tracks carry only times and are never an event's own track."""
+    truth = make_truth(WALKS)
+    t = base_tracks(truth)
+    evs = [event(t["B1"], t["A1"]), event(t["B2"], t["A2"])]
+    d = 1_763_000_000_000  # one publisher clock for both cameras
+    for rec in t.values():
+        rec["start_ms"] += d
+        rec["end_ms"] += d
+        del rec["boxes"]  # best box and span only
+    for ev in evs:
+        ev["start_ms"] += d
+        ev["end_ms"] += d
+        ev["best_crop"]["ts_ms"] += d
+    s = scored(truth, t, evs)
+    assert s.offsets_ms == {"A": -d, "B": -d}
+    assert "camera A" in caplog.text and "carry no frame index" in caplog.text
+    assert s.links.f1 == 1.0 and s.identity.idf1 == 1.0
+
+
 def test_matching_is_optimal() -> None:
     rng = np.random.default_rng(0)
     for _ in range(40):
@@ -576,6 +596,18 @@ def test_synth_plan_is_seeded_and_refuses_the_training_split(assets) -> None:
     other, _ = plan_scene(images, dataclasses.replace(cfg, seed=cfg.seed + 1))
     assert [p.walk for p in plans_a] == [p.walk for p in plans_b] and n_a == n_b
     assert [p.walk for p in other] != [p.walk for p in plans_a]
+    # People entering a view from one side keep half the shortest walk apart, on any seed.
+    gap_frames = 0.5 * min(cfg.walk_seconds) * cfg.fps - 1
+    for seed in range(8):
+        plans, _ = plan_scene(images, dataclasses.replace(cfg, seed=seed, identities=40))
+        for cam in cfg.cameras:
+            for leftwards in (False, True):
+                starts = sorted(
+                    p.walk.first_frame
+                    for p in plans
+                    if p.walk.camera == cam and (p.x_start > p.x_end) == leftwards
+                )
+                assert all(b - a >= gap_frames for a, b in itertools.pairwise(starts))
     bad = dataclasses.replace(cfg, splits=["query", "bounding_box_train"])
     with pytest.raises(ValueError, match="training split"):
         identity_images(assets, bad)
@@ -614,8 +646,21 @@ def test_yolo_finds_the_pasted_people(small_scene, assets) -> None:
     torch.set_num_threads(1)
     out, cfg = small_scene
     detector = PersonDetector(dataclasses.replace(cfg.detection, device="cpu"), assets)
-    report = detector_recall(out, detector, scores=(0.25,), every=2)
-    assert report.truth_boxes > 40
+    report = detector_recall(out, detector, scores=(0.25,), every=3)
+    assert report.truth_boxes > 30
     assert report.recall(0.25) >= 0.7
     assert report.precision(0.25) >= 0.6  # the emptied background is mostly free of "people"
     assert np.median(report.matched_iou) > 0.6
+
+
+@pytest.mark.parametrize("name", ["vtest", "gradient"])
+def test_backgrounds_differ_per_camera(assets, name: str) -> None:
+    from reidstream.scenes.backgrounds import BACKGROUNDS
+
+    cfg = load_config(overrides=SMALL).scenes
+    views = [BACKGROUNDS.build(name, assets, cfg, 320, 180, k) for k in range(2)]
+    assert all(v.shape == (180, 320, 3) and v.dtype == np.uint8 for v in views)
+    assert all(v.std() > 10 for v in views)  # a scene, not a flat fill
+    # Different colour response: the blue/red balance moves between the two cameras.
+    balance = [v[..., 0].mean() / max(1.0, v[..., 2].mean()) for v in views]
+    assert abs(balance[0] - balance[1]) > 0.1

@@ -277,16 +277,17 @@ def test_resume_extends_a_finished_run(ray_local, assets_dir, data_dir, tmp_path
     second run starts from the first one's checkpoint (step and memory bank carried over)."""
     from reidstream.cli import main
     from reidstream.models import load_checkpoint
+    from reidstream.training.job import config_for_resume, run_training
 
     cfg = _tiny_cfg(
         assets_dir, data_dir, tmp_path,
         **{"model.name": "dimn", "train.episode_ids": 4, "train.epochs": 1,
            "train.export_half": False},
     )
-    from reidstream.training.job import run_training
-
     first = run_training(cfg)
     run_dir = first.run_dir
+    with pytest.raises(ValueError, match="--resume"):
+        run_training(cfg)  # the same name again is not silently a continuation
     assert [h["epoch"] for h in _history(run_dir)] == [1]
     filled_before = int(load_checkpoint(run_dir / "model.pt").model.memory_filled.sum())
     assert filled_before > 0
@@ -300,9 +301,8 @@ def test_resume_extends_a_finished_run(ray_local, assets_dir, data_dir, tmp_path
     assert loaded.meta["epoch"] == 2 and loaded.meta["step"] == 4
     assert int(loaded.model.memory_filled.sum()) >= filled_before
     _check_export(run_dir, expect_half=False)
+    assert config_for_resume(run_dir, []).train.epochs == 2  # the extension is remembered
     with pytest.raises(FileNotFoundError, match=r"config\.yaml"):
-        from reidstream.training.job import config_for_resume
-
         config_for_resume(tmp_path / "nope", [])
 
 

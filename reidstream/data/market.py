@@ -176,22 +176,16 @@ def combine_datasets(datasets: Sequence[ReIDDataset], name: str | None = None) -
     query: list[ImageRecord] = []
     gallery: list[ImageRecord] = []
     domain_names: list[str] = []
-    pid_offset = eval_pid_offset = cam_offset = 0
-    for domain, ds in enumerate(datasets):
-        train += [
-            replace(r, pid=r.pid + pid_offset, camid=r.camid + cam_offset, domain=domain)
-            for r in ds.train
-        ]
-
-        def shift(r: ImageRecord, off: int = eval_pid_offset, cams: int = cam_offset, d=domain):
-            pid = r.pid + off if r.pid > DISTRACTOR_PID else r.pid
-            return replace(r, pid=pid, camid=r.camid + cams, domain=d)
-
-        query += [shift(r) for r in ds.query]
-        gallery += [shift(r) for r in ds.gallery]
+    pid_offset = eval_pid_offset = cam_offset = domain_offset = 0
+    for ds in datasets:
+        offsets = (cam_offset, domain_offset)
+        train += [_shift(r, pid_offset, *offsets, eval_split=False) for r in ds.train]
+        query += [_shift(r, eval_pid_offset, *offsets, eval_split=True) for r in ds.query]
+        gallery += [_shift(r, eval_pid_offset, *offsets, eval_split=True) for r in ds.gallery]
         pid_offset += 1 + max((r.pid for r in ds.train), default=-1)
         eval_pid_offset += max((r.pid for r in (*ds.query, *ds.gallery)), default=0)
         cam_offset += ds.num_cameras
+        domain_offset += ds.num_domains
         domain_names += ds.domain_names or [ds.name]
     return ReIDDataset(
         name=name or "+".join(ds.name for ds in datasets),
@@ -200,3 +194,13 @@ def combine_datasets(datasets: Sequence[ReIDDataset], name: str | None = None) -
         gallery=gallery,
         domain_names=domain_names,
     )
+
+
+def _shift(
+    r: ImageRecord, pid_offset: int, cam_offset: int, domain_offset: int, eval_split: bool
+) -> ImageRecord:
+    """Move a record into a combined dataset's id/camera/domain ranges. In query/gallery
+    splits pid 0 is a distractor and stays 0; in train splits (relabelled) it is an identity."""
+    keep = eval_split and r.pid == DISTRACTOR_PID
+    pid = r.pid if keep else r.pid + pid_offset
+    return replace(r, pid=pid, camid=r.camid + cam_offset, domain=r.domain + domain_offset)

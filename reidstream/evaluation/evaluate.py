@@ -165,6 +165,7 @@ class EvalReport:
     timings: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     date: str = ""
+    init: str = ""  # how an untrained model's weights were set (no checkpoint)
 
     def results(self) -> dict[str, RankingMetrics]:
         out = {"original": self.metrics}
@@ -176,6 +177,7 @@ class EvalReport:
         return {
             "model": self.model,
             "checkpoint": self.checkpoint,
+            "init": self.init,
             "dataset": self.dataset,
             "scoring": self.scoring,
             "feature_dim": self.feature_dim,
@@ -191,7 +193,7 @@ class EvalReport:
     def table(self) -> str:
         """The printed summary: one row per ranking (original, re-ranked), metrics in %."""
         head = (
-            f"{self.model} ({self.checkpoint or 'untrained, ImageNet init'}) on {self.dataset}: "
+            f"{self.model} ({self.checkpoint or self.init}) on {self.dataset}: "
             f"{len(self.query)} queries, {len(self.gallery)} gallery, "
             f"{self.feature_dim}-d features, {self.scoring}"
         )
@@ -250,6 +252,7 @@ def evaluate_embedder(
         )
         reranked = evaluate_ranking(distmat_rr, *labels, max_rank=eval_cfg.max_rank)
         timings["rerank"] = time.perf_counter() - t0
+    pretrained = embedder.model.cfg.pretrained
     return EvalReport(
         model=embedder.model.cfg.name,
         checkpoint="",
@@ -264,6 +267,7 @@ def evaluate_embedder(
         distmat_reranked=distmat_rr,
         timings={k: round(v, 3) for k, v in timings.items()},
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        init=f"untrained, init {pretrained}" if pretrained else "untrained, random init",
     )
 
 

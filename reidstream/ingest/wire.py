@@ -361,6 +361,8 @@ class TrackSummary(_JsonRecord):
     num_frames: int
     best_box: list[float]
     num_embeddings: int
+    # One [frame_index, ts_ms, x1, y1, x2, y2] row per frame seen, oldest first.
+    boxes: list[list[float]] = field(default_factory=list)
     schema: int = field(default=EVENT_SCHEMA_VERSION)
 
     def __post_init__(self) -> None:

@@ -4,7 +4,8 @@
 
 Random inputs at the configured size; weights do not change the cost, so nothing is loaded.
 Runs on CPU unless --device says otherwise. ms/image is the best wall time of the repeats;
-cpu-ms/image the process CPU time (all threads), which a busy shared machine distorts less.
+cpu-ms/image the process CPU time (all threads), which a busy shared machine distorts less;
+GFLOP/image is counted (training step: 3x forward), so it does not depend on the machine.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'model':18s} {'params(M)':>9s} {'dim':>5s} {'ms/image':>9s} {'images/s':>9s} "
-        f"{'cpu-ms/image':>12s}"
+        f"{'cpu-ms/image':>12s} {'GFLOP/image':>11s}"
     )
     for name in args.variants:
         classes = 751 if args.train else base.num_classes
@@ -65,13 +66,27 @@ def main(argv: list[str] | None = None) -> int:
                 times.append(time.perf_counter() - start)
                 cpu.append(time.process_time() - start_cpu)
         per_image = min(times) / args.batch
+        gflops = count_flops(model, images[:1], args.train) / 1e9
         cpu_per_image = min(cpu) / args.batch
         params = sum(p.numel() for p in model.parameters()) / 1e6
         print(
             f"{name:18s} {params:9.2f} {model.feature_dim:5d} {per_image * 1e3:9.1f} "
-            f"{1 / per_image:9.1f} {cpu_per_image * 1e3:12.1f}"
+            f"{1 / per_image:9.1f} {cpu_per_image * 1e3:12.1f} {gflops:11.2f}"
         )
     return 0
+
+
+def count_flops(model, image, train: bool) -> float:
+    """FLOPs of one image (2 per multiply-add), independent of how busy the machine is."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()  # BN in train mode cannot take a batch of one; the FLOPs are the same
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(model, image, False)
+    model.train(was_training)
+    return counter.get_total_flops() * (3 if train else 1)
 
 
 def step(model, images, train: bool) -> None:

@@ -1,9 +1,12 @@
-"""``reidstream bench pipeline``: end-to-end frames/s and latency for 1, 2, 4, ... cameras.
+"""``reidstream bench``: the figures in BENCHMARKS.md, each from one command.
 
-Each run starts a fresh embedded broker and pipeline, publishes the bundled video as N
-cameras at their real rate for a fixed time, and reports what the pipeline sustained:
-frames/s, capture-to-result latency per frame, capture-to-event latency, and where the
-workers' time went per stage. Numbers for BENCHMARKS.md come from here.
+- ``bench pipeline``: end-to-end frames/s and latency for 1, 2, 4, ... cameras. Each run
+  starts a fresh embedded broker and pipeline, publishes the bundled video as N cameras at
+  their real rate for a fixed time, and reports what the pipeline sustained: frames/s,
+  capture-to-result latency per frame, capture-to-event latency, and where the workers' time
+  went per stage.
+- ``bench scene --scene DIR``: cross-camera link precision / recall / F1 and IDF1 of the
+  pipeline on a ground-truth scene from ``reidstream synth``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from reidstream.cli import add_config_arguments, load_cli_config
 
 
 def add_arguments_run_bench(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", choices=["pipeline"], help="what to measure")
+    parser.add_argument("target", choices=["pipeline", "scene"], help="what to measure")
     add_config_arguments(parser)
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--fps", type=float, default=10.0, help="publishing rate per camera")
     parser.add_argument("--seconds", type=float, default=30.0, help="publishing time per run")
-    parser.add_argument("--out", default="runs/bench/pipeline.json", help="JSON results")
+    parser.add_argument("--scene", help="scene folder from `reidstream synth` (bench scene)")
+    parser.add_argument("--out", default="", help="JSON results (default runs/bench/TARGET.json)")
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -34,19 +38,65 @@ def run_bench(args: argparse.Namespace) -> int:
     from reidstream.raycluster import ensure_ray
 
     cfg = load_cli_config(args)
-    video = Assets.from_config(cfg.assets).asset("vtest.avi")
+    out = Path(args.out or f"runs/bench/{args.target}.json")
     ensure_ray(cfg.pipeline.ray_address)
+    if args.target == "scene":
+        if not args.scene:
+            raise ValueError("bench scene needs --scene DIR (make one with `reidstream synth`)")
+        return _write(out, _scene_run(cfg, args.scene))
+    video = Assets.from_config(cfg.assets).asset("vtest.avi")
     results = []
     for n in args.cameras:
         print(f"bench: {n} camera(s) at {args.fps:g} fps for {args.seconds:g} s ...", flush=True)
         result = _one_run(copy.deepcopy(cfg), str(video), n, args.fps, args.seconds)
         results.append(result)
         _print_row(result)
-    out = Path(args.out)
+    return _write(out, results)
+
+
+def _write(out: Path, results: Any) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"bench: results in {out}")
     return 0
+
+
+def _scene_run(cfg: Any, scene: str) -> dict[str, Any]:
+    """Replay the scene through a fresh broker and pipeline, then score what came out."""
+    from reidstream.ingest.broker import EmbeddedBroker
+    from reidstream.ingest.kafka_io import ensure_topics
+    from reidstream.pipeline.runner import Pipeline
+    from reidstream.scenes.replay import publish_scene
+    from reidstream.scenes.score import collect, read_topics, score_scene
+    from reidstream.scenes.truth import SceneTruth, load_manifest
+
+    manifest, folder = load_manifest(scene)
+    truth = SceneTruth.load(folder / manifest.truth)
+    cfg.kafka.group_id = f"reidstream-scene-{uuid.uuid4().hex[:8]}"
+    cfg.pipeline.idle_stop_seconds = 8.0
+    with EmbeddedBroker() as broker:
+        cfg.kafka.bootstrap_servers = broker.bootstrap_servers
+        ensure_topics(cfg.kafka, partitions=max(2, cfg.pipeline.num_workers))
+        started = time.monotonic()
+        published = publish_scene(cfg.kafka, folder)
+        print(f"bench: scene {folder.name}: {published} frame records published", flush=True)
+        pipeline = Pipeline(cfg).start()
+        try:
+            stats = pipeline.run()
+        finally:
+            pipeline.shutdown()
+        topics = read_topics(cfg.kafka, [cfg.kafka.events_topic, cfg.kafka.tracks_topic], 5.0)
+    inputs = collect(topics[cfg.kafka.events_topic], topics[cfg.kafka.tracks_topic])
+    score = score_scene(truth, inputs)
+    print(score.table(), flush=True)
+    return {
+        "scene": str(folder),
+        "model_version": cfg.pipeline.model_version or cfg.embed.checkpoint or cfg.model.name,
+        "linker_threshold": cfg.linker.threshold,
+        "frames": stats.frames,
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "score": score.to_dict(),
+    }
 
 
 def _one_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float) -> dict[str, Any]:

@@ -243,7 +243,8 @@ class CameraWorker:
             keys = [(t.camera, t.track_id) for t in finished]
             global_ids = self._call(self.linker.global_ids, keys)
             summaries = [
-                _summary(t, gid) for t, gid in zip(finished, global_ids, strict=True)
+                _summary(t, gid, len(self._crop_vectors.get((t.camera, t.track_id), ())))
+                for t, gid in zip(finished, global_ids, strict=True)
                 if gid is not None
             ]
             for key in keys:
@@ -340,7 +341,7 @@ def _crop_ref(track: Any) -> dict[str, Any]:
     }
 
 
-def _summary(track: Any, global_id: int) -> Any:
+def _summary(track: Any, global_id: int, num_embeddings: int) -> Any:
     from reidstream.ingest.wire import TrackSummary
 
     best = track.best_crop
@@ -352,7 +353,8 @@ def _summary(track: Any, global_id: int) -> Any:
         end_ms=track.last_ts_ms,
         num_frames=track.hits,
         best_box=[float(v) for v in (best.box if best else track.last_box)],
-        num_embeddings=track.embed_count,
+        num_embeddings=num_embeddings,
+        boxes=[[b.frame_index, b.ts_ms, *(float(v) for v in b.box)] for b in track.boxes],
     )
 
 

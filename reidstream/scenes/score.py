@@ -18,7 +18,8 @@ offset`` (truth frame ``i`` is at ``start_ms + round(i * 1000 / fps)``; half a f
 tolerance). The per-camera offset is ``scenes.time_offset_ms`` unless
 ``scenes.auto_time_offset`` is on and most record times fall outside the scene's clock (a
 publisher that stamps frames with the wall clock): then it is the median of
-``truth_ts(frame) - ts_ms`` over the camera's samples that carry both.
+``truth_ts(frame) - ts_ms`` over the camera's samples that carry both, or, for a camera
+without any, the other cameras' offset (with a warning: right only for one shared clock).
 
 **Track identity.** Each box sample of a track (summary boxes; an event's best crop, and its
 ``box``, taken to be the track's box at ``end_ms``) votes for the truth person whose box in that
@@ -217,13 +218,13 @@ def camera_offsets(
     truth: SceneTruth, inputs: ScoreInputs, default_ms: int, auto: bool
 ) -> dict[str, int]:
     """Milliseconds to add to each camera's record times to put them on the truth clock."""
-    offsets = {}
+    offsets = dict.fromkeys(truth.camera_names, default_ms)
+    if not auto:
+        return offsets
     lo = truth.start_ms - 1000
     hi = truth.ts_ms(truth.num_frames) + 1000
+    unaligned = []
     for cam in truth.camera_names:
-        offsets[cam] = default_ms
-        if not auto:
-            continue
         recs = [t for t in inputs.tracks.values() if t.camera == cam]
         times = [ts for t in recs for ts in t.samples] + [t.end_ms for t in recs if t.described]
         inside = sum(lo <= ts + default_ms <= hi for ts in times)
@@ -232,15 +233,21 @@ def camera_offsets(
         pairs = [(f, ts) for t in recs for ts, (f, _) in t.samples.items() if f is not None]
         if pairs:
             offsets[cam] = int(statistics.median(truth.ts_ms(f) - ts for f, ts in pairs))
-            log.info(
-                "camera %s: record clock offset %+d ms (from frame indices)", cam, offsets[cam]
-            )
+            log.info("camera %s: clock offset %+d ms (from frame indices)", cam, offsets[cam])
         else:
-            log.warning(
-                "camera %s: record times are off the scene clock and no frame indices to "
-                "align them; set scenes.time_offset_ms",
-                cam,
-            )
+            unaligned.append(cam)
+    aligned = [offsets[c] for c in truth.camera_names if c not in unaligned]
+    for cam in unaligned:
+        if aligned:
+            offsets[cam] = int(statistics.median(aligned))
+        log.warning(
+            "camera %s: record times are off the scene clock and carry no frame index; "
+            "using offset %+d ms%s. Publish with the manifest's timestamps or set "
+            "scenes.time_offset_ms",
+            cam,
+            offsets[cam],
+            " (the other cameras')" if aligned else "",
+        )
     return offsets
 
 

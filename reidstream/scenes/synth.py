@@ -140,7 +140,7 @@ def plan_scene(
             leftwards = rng.random() < 0.5
             # Two people entering from one side keep apart so they do not start as one blob.
             side = entries.setdefault((k, leftwards), [])
-            while clash := [e for e in side if abs(e - enter) < min_gap]:
+            while clash := [e for e in side if abs(e - enter) < min_gap - 1e-6]:
                 enter = max(clash) + min_gap
             side.append(enter)
             feet0 = rng.uniform(lo, hi)

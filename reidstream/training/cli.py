@@ -49,7 +49,7 @@ def run_train(args: argparse.Namespace) -> int:
         changes["workers"] = args.workers
     if changes:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
-    outcome = run_training(cfg)
+    outcome = run_training(cfg, resume=bool(args.resume))
     m = outcome.metrics
     print(f"run folder: {outcome.run_dir}")
     print(f"epochs {m.get('epoch')}, steps {m.get('step')}")

@@ -127,14 +127,23 @@ def _worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keys if k in os.environ}
 
 
-def run_training(cfg: Config) -> TrainOutcome:
-    """Train as ``cfg`` says, on the Ray cluster at ``train.address`` (or a local one)."""
+def run_training(cfg: Config, resume: bool = False) -> TrainOutcome:
+    """Train as ``cfg`` says, on the Ray cluster at ``train.address`` (or a local one).
+
+    A run folder that holds a run already is continued only with ``resume``; otherwise that
+    is an error rather than a silent continuation of an old run under a reused name.
+    """
     storage, name = run_folder(cfg)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, name=name))
     if not is_uri(storage):
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, storage_path=storage))
     run_dir = Path(storage) / name
     if not is_uri(storage):
+        if not resume and (run_dir / RUN_CONFIG_FILE).exists():
+            raise ValueError(
+                f"run folder {run_dir} holds a run already: continue it with "
+                f"`reidstream train --resume {run_dir}` or pick another train.name"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         with (run_dir / RUN_CONFIG_FILE).open("w") as fh:
             yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)

@@ -15,7 +15,6 @@ import os
 import signal
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -217,8 +216,9 @@ class _Stepper:
     ) -> tuple[dict[str, float], bool]:
         cfg, rank = self.cfg.train, self.rank
         self.ddp.train()
-        sums: dict[str, float] = defaultdict(float)
-        images = 0
+        # summed on the device: a .item() per step would stall a GPU every iteration
+        sums: dict[str, torch.Tensor] = {}
+        images = count = 0
         stopped = False
         if self.bar is not None:
             self.bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
@@ -244,10 +244,10 @@ class _Stepper:
             self.objective.after_step()
             progress.step += 1
             images += batch.shape[0]
-            sums["loss"] += float(loss.detach())
-            for name, value in parts.items():
-                sums[name] += float(value.detach())
-            sums["n"] += 1
+            for name, value in [("loss", loss), *parts.items()]:
+                value = value.detach().double()
+                sums[name] = sums[name] + value if name in sums else value
+            count += 1
             if self.bar is not None:
                 self.bar.update(1)
             elapsed = progress.train_seconds + time.perf_counter() - start
@@ -256,7 +256,7 @@ class _Stepper:
                 break
         seconds = time.perf_counter() - start
         progress.train_seconds += seconds
-        stats = mean_over_ranks(rank, sums)
+        stats = mean_over_ranks(rank, sums, count)
         stats["images_per_s"] = images * rank.world / max(seconds, 1e-9)
         stats["epoch_seconds"] = seconds
         stats["train_seconds"] = progress.train_seconds
@@ -292,17 +292,19 @@ def all_ranks_any(rank: Rank, flag: bool) -> bool:
     return bool(value.item() > 0)
 
 
-def mean_over_ranks(rank: Rank, sums: dict[str, float]) -> dict[str, float]:
+def mean_over_ranks(rank: Rank, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
     """Per-step means of every summed quantity, averaged over all ranks."""
     keys = sorted(sums)
-    values = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=rank.device)
+    values = torch.stack(
+        [sums[k].to(rank.device) for k in keys]
+        + [torch.tensor(float(count), dtype=torch.float64, device=rank.device)]
+    )
     if rank.world > 1:
         import torch.distributed as dist
 
         dist.all_reduce(values)
-    total = dict(zip(keys, values.tolist(), strict=True))
-    n = max(total.pop("n", 0.0), 1.0)
-    return {k: v / n for k, v in total.items()}
+    *totals, n = values.tolist()
+    return {k: v / max(n, 1.0) for k, v in zip(keys, totals, strict=True)}
 
 
 def progress_bar(rank: Rank, total: int, enabled: bool):
