@@ -2,7 +2,8 @@
 
 Nothing is ever downloaded: a missing file is an error that says what was looked for and where.
 Lookup order for each root: the config key, the environment variable, then ``../shared/...``
-beside the repository checkout (where CI puts the shared assets).
+beside the repository checkout (where CI puts the shared assets). Assets also fall back to
+``reidstream/weights/``, where the project's own trained checkpoints ship.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ KNOWN_SHA256 = {
 }
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights"
 _verified: dict[tuple[str, int, int], str] = {}
 
 
@@ -56,7 +58,7 @@ class Assets:
     def from_config(cls, cfg: AssetsConfig | None = None) -> Assets:
         cfg = cfg or AssetsConfig(assets_dir="", data_dir="", verify_sha256=True)
         return cls(
-            assets_dirs=_candidates(cfg.assets_dir, ASSETS_ENV, "assets"),
+            assets_dirs=(*_candidates(cfg.assets_dir, ASSETS_ENV, "assets"), BUNDLED_WEIGHTS),
             data_dirs=_candidates(cfg.data_dir, DATA_ENV, "data"),
             verify_sha256=cfg.verify_sha256,
         )

@@ -351,7 +351,7 @@ def build_dataclass(cls: type, values: Mapping[str, Any], where: str) -> Any:
             )
             if has_default:
                 continue
-            raise ConfigError(f"{key}: missing (every key needs a default in {DEFAULT_CONFIG_PATH})")
+            raise ConfigError(f"{key}: missing (every key needs a default in default.yaml)")
         kwargs[name] = _coerce(hints[name], values[name], key)
     return cls(**kwargs)
 
