@@ -288,6 +288,10 @@ def test_resume_extends_a_finished_run(ray_local, assets_dir, data_dir, tmp_path
     run_dir = first.run_dir
     with pytest.raises(ValueError, match="--resume"):
         run_training(cfg)  # the same name again is not silently a continuation
+    too_big = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, name="big", workers=5))
+    with pytest.raises(ValueError, match="train.workers"):
+        run_training(too_big)  # a local Ray would wait forever for 5 workers
+    assert not (tmp_path / "big").exists()
     assert [h["epoch"] for h in _history(run_dir)] == [1]
     filled_before = int(load_checkpoint(run_dir / "model.pt").model.memory_filled.sum())
     assert filled_before > 0

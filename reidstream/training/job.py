@@ -105,6 +105,8 @@ def build_trainer(cfg: Config, storage: str, name: str):
     resources = {"CPU": t.cpus_per_worker}
     if gpu:
         resources["GPU"] = t.gpus_per_worker
+    cluster = bool(t.address or os.environ.get("RAY_ADDRESS"))
+    check_resources(resources, t.workers, can_scale=cluster)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "progress": t.progress and sys.stdout.isatty()},
@@ -120,6 +122,26 @@ def build_trainer(cfg: Config, storage: str, name: str):
             worker_runtime_env={"env_vars": _worker_env()},
         ),
     )
+
+
+def check_resources(per_worker: dict[str, float], workers: int, can_scale: bool) -> None:
+    """Fail fast where Ray Train would wait forever: a local Ray that is too small for the
+    workers asked for (a cluster may autoscale, so there it is only a warning)."""
+    import ray
+
+    have = ray.cluster_resources()
+    short = [
+        f"{workers} x {amount:g} {name} (the cluster has {have.get(name, 0.0):g})"
+        for name, amount in per_worker.items()
+        if have.get(name, 0.0) < workers * amount
+    ]
+    if not short:
+        return
+    msg = f"training needs {', '.join(short)}: lower train.workers / train.cpus_per_worker"
+    if can_scale:
+        log.warning("%s, or the cluster must scale up", msg)
+        return
+    raise ValueError(msg)
 
 
 def _worker_env() -> dict[str, str]:
@@ -138,19 +160,20 @@ def run_training(cfg: Config, resume: bool = False) -> TrainOutcome:
     if not is_uri(storage):
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, storage_path=storage))
     run_dir = Path(storage) / name
+    if not is_uri(storage) and not resume and (run_dir / RUN_CONFIG_FILE).exists():
+        raise ValueError(
+            f"run folder {run_dir} holds a run already: continue it with "
+            f"`reidstream train --resume {run_dir}` or pick another train.name"
+        )
+    ensure_ray(cfg.train.address)
+    trainer = build_trainer(cfg, storage, name)
     if not is_uri(storage):
-        if not resume and (run_dir / RUN_CONFIG_FILE).exists():
-            raise ValueError(
-                f"run folder {run_dir} holds a run already: continue it with "
-                f"`reidstream train --resume {run_dir}` or pick another train.name"
-            )
         run_dir.mkdir(parents=True, exist_ok=True)
         with (run_dir / RUN_CONFIG_FILE).open("w") as fh:
             yaml.safe_dump(cfg.to_dict(), fh, sort_keys=False)
-    ensure_ray(cfg.train.address)
-    trainer = build_trainer(cfg, storage, name)
-    log.info("training %s with %d worker(s); run folder %s", cfg.model.name, cfg.train.workers,
-             run_dir)
+    log.info(
+        "training %s with %d worker(s); run folder %s", cfg.model.name, cfg.train.workers, run_dir
+    )
     result = trainer.fit()
     if result.error is not None:
         raise result.error

@@ -222,6 +222,7 @@ class _Stepper:
         stopped = False
         if self.bar is not None:
             self.bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+        log_every = max(1, steps // 10)  # progress in logs when there is no bar to draw
         start = time.perf_counter()
         it = iter(loader)
         for _ in range(steps):
@@ -250,6 +251,12 @@ class _Stepper:
             count += 1
             if self.bar is not None:
                 self.bar.update(1)
+            elif rank.is_main and count % log_every == 0 and count < steps:
+                rate = images * rank.world / (time.perf_counter() - start)
+                log.info(
+                    "epoch %d step %d/%d loss %.4f (%.1f images/s)",
+                    epoch + 1, count, steps, float(sums["loss"]) / count, rate,
+                )
             elapsed = progress.train_seconds + time.perf_counter() - start
             if cfg.max_minutes > 0 and all_ranks_any(rank, elapsed > 60 * cfg.max_minutes):
                 stopped = True
