@@ -97,12 +97,18 @@ class Pipeline:
 
         pc = self.cfg.pipeline
         ensure_topics(self.cfg.kafka, partitions=max(2, pc.num_workers))
+        # Detector and embedder hold no state: Ray restarts them and retries the call.
+        stateless = {"max_restarts": -1, "max_task_retries": 3}
         detectors = [
-            ray.remote(DetectorStage).options(num_cpus=pc.detector_num_cpus).remote(self.cfg)
+            ray.remote(DetectorStage)
+            .options(num_cpus=pc.detector_num_cpus, **stateless)
+            .remote(self.cfg)
             for _ in range(pc.num_detectors)
         ]
         embedders = [
-            ray.remote(EmbedderStage).options(num_cpus=pc.embedder_num_cpus).remote(self.cfg)
+            ray.remote(EmbedderStage)
+            .options(num_cpus=pc.embedder_num_cpus, **stateless)
+            .remote(self.cfg)
             for _ in range(pc.num_embedders)
         ]
         dim = ray.get(embedders[0].feature_dim.remote())
@@ -130,7 +136,7 @@ class Pipeline:
     def run(self, on_progress: Callable[[PipelineStats], None] | None = None) -> PipelineStats:
         """Drive the workers until stopped, out of time, or idle (per the pipeline config)."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
 
         pc = self.cfg.pipeline
         self.stats = PipelineStats()  # rates and idleness count from here, not from start-up
@@ -144,6 +150,8 @@ class Pipeline:
                     self.stats.add(ray.get(ref))
                 except RayActorError as exc:
                     log.error("camera worker died (%s); Ray restarts it, Kafka re-delivers", exc)
+                except RayTaskError as exc:
+                    log.error("camera worker step failed: %s", exc)
                 if not self._should_stop():
                     in_flight[worker.step.remote()] = worker
             now = time.monotonic()

@@ -122,6 +122,10 @@ class StepStats:
     event_latency_ms: list[float] = field(default_factory=list)
     bad_by_reason: dict[str, int] = field(default_factory=dict)
 
+    def count_bad(self, reason: str, n: int = 1) -> None:
+        self.bad += n
+        self.bad_by_reason[reason] = self.bad_by_reason.get(reason, 0) + n
+
 
 def _now_ms() -> float:
     return time.time() * 1000.0
@@ -149,6 +153,7 @@ class CameraWorker:
         self.trackers: dict[str, Any] = {}
         self._crop_vectors: dict[tuple[str, int], dict[int, np.ndarray]] = {}
         self._camera_partition: dict[str, Any] = {}
+        self._last_report: dict[str, float] = {}
         self.model_version = cfg.pipeline.model_version or _model_version(cfg)
 
     def ready(self) -> bool:
@@ -166,22 +171,28 @@ class CameraWorker:
         frames = []
         for tp, offset, item in polled:
             if isinstance(item, BadMessage):
-                stats.bad += 1
-                stats.bad_by_reason[item.reason] = stats.bad_by_reason.get(item.reason, 0) + 1
+                stats.count_bad(item.reason)
             else:
                 frames.append((tp, offset, item))
                 self._camera_partition[item.camera] = tp
         finished = []
         if frames:
-            with _timed(stats.seconds, "detect"):
-                detections = self._call(self.detector.detect, [f.image for _, _, f in frames])
+            try:
+                with _timed(stats.seconds, "detect"):
+                    detections = self._call(self.detector.detect, [f.image for _, _, f in frames])
+            except Exception as exc:  # a frame the detector cannot take must not stop the rest
+                self._report("detector", exc)
+                detections = []
+                stats.count_bad("detection_error", len(frames))
             with _timed(stats.seconds, "track"):
-                for (_, _, frame), dets in zip(frames, detections, strict=True):
-                    tracker = self._tracker(frame.camera)
-                    tracker.update(dets, frame.image, frame.ts_ms, frame.frame_index)
-                    finished.extend(tracker.finished_tracks(frame.frame_index))
-            stats.frames = len(frames)
-        self._link_and_publish(finished, stats)
+                for (_, _, frame), dets in zip(frames, detections, strict=False):
+                    finished += self._track(frame, dets, stats)
+            stats.frames = len(detections)
+        try:
+            self._link_and_publish(finished, stats)
+        except Exception as exc:  # embedder or linker failure: these tracks go unlinked
+            self._report("embedding/linking", exc)
+            stats.count_bad("link_error", len(finished))
         for tp, offset, _ in frames:
             self.source.done(tp, offset)
         with _timed(stats.seconds, "commit"):
@@ -191,6 +202,25 @@ class CameraWorker:
             if lat is not None:
                 stats.frame_latency_ms.append(lat)
         return stats
+
+    def _track(self, frame: Any, detections: Any, stats: StepStats) -> list:
+        """Update the camera's tracker; returns the tracks this frame finished."""
+        tracker = self._tracker(frame.camera)
+        try:
+            tracker.update(detections, frame.image, frame.ts_ms, frame.frame_index)
+        except Exception as exc:  # one odd frame: count it, keep the camera going
+            self._report(f"tracker of {frame.camera}", exc)
+            stats.count_bad("tracking_error")
+            return []
+        return tracker.finished_tracks(frame.frame_index)
+
+    def _report(self, what: str, exc: Exception) -> None:
+        """Log a failing stage fully the first time, then once a minute."""
+        now = time.monotonic()
+        if now - self._last_report.get(what, -1e9) >= 60.0:
+            self._last_report[what] = now
+            log.error("worker %d: %s failed; its frames are counted and skipped",
+                      self.index, what, exc_info=exc)
 
     def finish(self) -> StepStats:
         """End of stream: close every open track so its identity and summary go out."""
