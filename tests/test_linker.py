@@ -121,3 +121,14 @@ def test_refresh_keeps_identity_and_unlinked_tracks_retry(linker: Linker) -> Non
 def test_zero_embedding_is_refused(linker: Linker) -> None:
     with pytest.raises(ValueError, match="zero"):
         linker.link([_obs("cam1", 1, np.zeros(DIM, np.float32), 0, 1)])
+
+
+def test_joining_an_identity_already_seen_here_needs_the_reentry_gap(linker: Linker) -> None:
+    rng = np.random.default_rng(7)
+    p = _person(rng)
+    a = linker.link([_obs("cam1", 1, _view(p, rng, 0.05), 0, 1000)])[0]
+    b = linker.link([_obs("cam2", 1, _view(p, rng, 0.05), 2000, 3000)])[0]
+    assert b.is_match and b.global_id == a.global_id
+    # Another cam2 track 1 s after cam2/1 ended: too soon to be that person back in view.
+    c = linker.link([_obs("cam2", 2, _view(p, rng, 0.05), 4000, 5000)])[0]
+    assert not c.is_match and c.global_id != a.global_id

@@ -7,8 +7,9 @@ global identity of its most similar gallery track when
 - the similarity clears ``threshold`` and beats the runner-up identity by ``margin``;
 - the candidate is in another camera, or in the same camera after a gap of at least
   ``same_camera_gap_ms`` (a person re-entering the view);
-- the candidate identity has no other track in this track's camera that overlaps it in time
-  (two people seen at once in one camera are two people).
+- every track the candidate identity already has in this track's camera ended (or starts)
+  at least ``same_camera_gap_ms`` away from it: two people seen at once in one camera are two
+  people, and a person back in a camera is a re-entry, which needs a gap.
 
 Otherwise the track keeps a fresh identity of its own. A track that has been linked keeps its
 identity; one that has not is re-tried each time its embedding is refreshed, since more crops
@@ -179,16 +180,18 @@ class Linker:
 
     def _allowed(self, obs: TrackObservation, key: tuple[str, int], other: _TrackRecord) -> bool:
         camera, _ = key
+        gap_ms = self.settings.same_camera_gap_ms
         if camera == obs.camera:
             gap = max(obs.start_ms - other.end_ms, other.start_ms - obs.end_ms)
-            if gap < self.settings.same_camera_gap_ms:
+            if gap < gap_ms:
                 return False
-        # The candidate identity must not already be somewhere else in this camera at this time.
+        # Joining an identity already seen in this camera is a re-entry: it needs the same gap
+        # from each of its tracks here (and so can never overlap one of them in time).
         for member in self._members.get(other.global_id, ()):
             if member[0] != obs.camera or member == obs.key:
                 continue
             rec = self._tracks[member]
-            if rec.start_ms <= obs.end_ms and obs.start_ms <= rec.end_ms:
+            if max(obs.start_ms - rec.end_ms, rec.start_ms - obs.end_ms) < gap_ms:
                 return False
         return True
 
