@@ -22,6 +22,8 @@ from typing import Any
 
 from reidstream.cli import add_config_arguments, load_cli_config
 
+WARMUP_S = 8.0
+
 
 def add_arguments_run_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", choices=["pipeline", "scene"], help="what to measure")
@@ -117,12 +119,15 @@ def _one_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float) -> 
         cfg.kafka.bootstrap_servers = broker.bootstrap_servers
         pipeline = Pipeline(cfg).start()
         stop = threading.Event()
-        publisher = threading.Thread(
-            target=publish,
-            args=(cfg.kafka, video, views, fps),
-            kwargs={"max_frames": int(seconds * fps), "loop": True, "stop": stop},
-            daemon=True,
-        )
+
+        def publish_after_warmup() -> None:
+            # The consumer group joins and the actors warm up during the first polls; frames
+            # published then would measure start-up, not the steady state.
+            if not stop.wait(WARMUP_S):
+                publish(cfg.kafka, video, views, fps, max_frames=int(seconds * fps), loop=True,
+                        stop=stop)
+
+        publisher = threading.Thread(target=publish_after_warmup, daemon=True)
         started = time.monotonic()
         publisher.start()
         try:
@@ -131,7 +136,7 @@ def _one_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float) -> 
             stop.set()
             publisher.join(timeout=10)
             pipeline.shutdown()
-        wall = time.monotonic() - started
+        wall = time.monotonic() - started - WARMUP_S
     summary = stats.summary()
     offered = cameras * fps
     return {

@@ -165,7 +165,8 @@ class Pipeline:
         now = time.monotonic()
         if pc.run_seconds and now - self.stats.started >= pc.run_seconds:
             self._stop.set()
-        if pc.idle_stop_seconds and now - self.stats.last_frame_at >= pc.idle_stop_seconds:
+        idle = now - self.stats.last_frame_at
+        if pc.idle_stop_seconds and self.stats.frames and idle >= pc.idle_stop_seconds:
             self._stop.set()
         return self._stop.is_set()
 
