@@ -125,9 +125,19 @@ def test_from_checkpoint_and_from_config(tmp_path, crops, assets):
     from_cfg = Embedder.from_config(cfg, assets)
     assert np.allclose(from_cfg.embed(crops[:3], ["c1", "c2", "c1"]), expected, atol=1e-5)
 
-    untrained = Embedder.from_config(dataclasses.replace(DEFAULTS, embed=embed_cfg()), assets)
+    no_checkpoint = embed_cfg(checkpoint="")
+    untrained = Embedder.from_config(dataclasses.replace(DEFAULTS, embed=no_checkpoint), assets)
     assert untrained.model.cfg.name == "bot" and len(untrained.cameras) == 0
     assert untrained.embed(crops[:1]).shape == (1, 1280)
+
+
+def test_default_config_serves_the_shipped_checkpoint(crops, assets):
+    shipped = Embedder.from_config(DEFAULTS, assets)
+    assert shipped.model.cfg.name == "transreid"
+    assert list(shipped.cameras.names) == ["c1", "c2"]
+    feats = shipped.embed(crops[:2], ["c1", "c2"])
+    assert feats.shape == (2, shipped.feature_dim)
+    assert np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
 
 
 def test_fp16_flag_is_a_no_op_on_cpu(bot, crops):

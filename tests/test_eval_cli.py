@@ -25,7 +25,8 @@ def _edge_bands(px: np.ndarray, colour: str) -> int:
 
 
 def _shared_overrides(assets_dir: Path, data_dir: Path) -> list[str]:
-    return [f"assets.assets_dir={assets_dir}", f"assets.data_dir={data_dir}"]
+    # No checkpoint: these tests evaluate model.* as built, not the shipped default.
+    return [f"assets.assets_dir={assets_dir}", f"assets.data_dir={data_dir}", "embed.checkpoint="]
 
 
 def test_subset_keeps_every_query_scorable(data_dir: Path):
@@ -160,6 +161,7 @@ def test_eval_matches_metrics_on_its_own_features(assets, tmp_path: Path):
     from reidstream.models import Embedder
 
     overrides = [
+        "embed.checkpoint=",
         "model.img_height=64",
         "model.img_width=32",
         "eval.max_queries=8",
@@ -195,7 +197,8 @@ def test_dimn_is_scored_through_its_gallery_mapping(assets):
     from reidstream.evaluation.evaluate import evaluate_embedder, extract_features
     from reidstream.models import Embedder
 
-    cfg = load_config(overrides=["model.name=dimn", "model.img_height=64", "model.img_width=32"])
+    dimn = ["model.name=dimn", "model.img_height=64", "model.img_width=32", "embed.checkpoint="]
+    cfg = load_config(overrides=dimn)
     embedder = Embedder.from_config(cfg, assets)
     root = assets.dataset("cuhk03-labeled")
     q, g = subset_split(
