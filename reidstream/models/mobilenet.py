@@ -18,6 +18,16 @@ NUM_BLOCKS = 19
 STRIDE32_BLOCK = 14  # first block of the last stage; its stride-2 conv is the "last stride"
 
 
+
+def read_weights_file(path: Path, what: str) -> dict:
+    """``torch.load`` of tensors only; anything but a missing file becomes a ValueError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read {what} ({exc})") from exc
+
 def _is_counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
@@ -29,12 +39,7 @@ def load_mobilenetv2_features(module: nn.Module, path: str | Path) -> int:
     Fails, naming the first offending tensor, when the file is not such a state dict.
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read MobileNetV2 weights ({exc})") from exc
+    state = read_weights_file(path, "MobileNetV2 weights")
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reidstream.models.mobilenet import read_weights_file
+
 log = logging.getLogger(__name__)
 
 PATCH = 16
@@ -152,13 +154,7 @@ _TORCHVISION_RENAMES = [
 
 def vit_state_dict_from_file(path: str | Path) -> dict[str, Tensor]:
     """A ViT state dict in timm naming from a timm/DeiT/TransReID-style or torchvision file."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read a ViT checkpoint ({exc})") from exc
+    state = read_weights_file(Path(path), "a ViT checkpoint")
     for wrapper in ("model", "state_dict", "model_state"):
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]

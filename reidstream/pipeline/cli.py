@@ -6,7 +6,6 @@ import argparse
 import logging
 import signal
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -127,6 +126,7 @@ def _start(target: Any, *args: Any, **kwargs: Any) -> threading.Thread:
 
 def _print_events(cfg: Any, stop: threading.Event) -> None:
     """Follow the events topic, as a user's consumer would, and print each match once."""
+    from reidstream.ingest.cli import format_event
     from reidstream.ingest.kafka_io import RecentIds, make_consumer
     from reidstream.ingest.wire import BadMessage, MatchEvent
 
@@ -145,12 +145,6 @@ def _print_events(cfg: Any, stop: threading.Event) -> None:
                         continue
                     if seen.seen(event.event_id):
                         continue
-                    print(
-                        f"MATCH person #{event.global_id}: {event.camera}/track {event.track_id} "
-                        f"= {event.matched_camera}/track {event.matched_track_id} "
-                        f"(similarity {event.similarity:.2f}, "
-                        f"t={time.strftime('%H:%M:%S', time.localtime(event.end_ms / 1000))})",
-                        flush=True,
-                    )
+                    print(f"MATCH {format_event(event)}", flush=True)
     finally:
         consumer.close()
