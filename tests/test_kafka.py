@@ -317,6 +317,7 @@ def test_a_rebalance_hands_cameras_over_and_resets_their_order_state(kafka_cfg, 
         first = poll_until(a, len(records))
         assert len(first) == len(records) and all(isinstance(i, Frame) for _, _, i in first)
         assert {p for n, kind, p in events if n == "a" and kind == "assign"} == {0, 1}
+        assert sorted(a.cameras_on(a.assignment())) == sorted(cams)
         # Nothing committed. b joins; both keep polling through the rebalance.
         seen = {"a": [], "b": []}
         deadline = time.monotonic() + 90  # rebalances are slow on a loaded 2-core box

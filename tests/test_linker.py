@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from reidstream.config import load_config
+from reidstream.config import LinkerConfig, load_config
 from reidstream.gallery import GalleryShard
-from reidstream.pipeline.linker import Linker, LinkerSettings, TrackObservation
+from reidstream.pipeline.linker import Linker, TrackObservation
 
 DIM = 32
 
 
 def _linker(margin: float = 0.02) -> Linker:
     cfg = load_config(overrides={"gallery.index": "flat", "gallery.use_gpu": False})
-    settings = LinkerSettings(threshold=0.8, margin=margin, top_k=10, same_camera_gap_ms=5000)
+    settings = LinkerConfig(threshold=0.8, margin=margin, top_k=10, same_camera_gap_ms=5000)
     return Linker(GalleryShard(cfg.gallery, DIM), settings)
 
 

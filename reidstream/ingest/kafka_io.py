@@ -776,6 +776,10 @@ class FrameSource:
     def assignment(self) -> set:
         return set(self._consumer.assignment()) if self._consumer is not None else set()
 
+    def cameras_on(self, partitions: set) -> list[str]:
+        """Cameras whose frames this source has read from ``partitions`` (e.g. just revoked)."""
+        return [camera for camera, tp in self._camera_tp.items() if tp in partitions]
+
     # -- reading --
 
     def poll(self, max_records: int = 64, timeout_ms: int = 500) -> list[Polled]:

@@ -3,13 +3,12 @@
 Public surface: :class:`Pipeline` (start, run, stop, shutdown) and the :class:`Linker` rules.
 """
 
-from reidstream.pipeline.linker import LinkDecision, Linker, LinkerSettings, TrackObservation
+from reidstream.pipeline.linker import LinkDecision, Linker, TrackObservation
 from reidstream.pipeline.runner import Pipeline, PipelineStats
 
 __all__ = [
     "LinkDecision",
     "Linker",
-    "LinkerSettings",
     "Pipeline",
     "PipelineStats",
     "TrackObservation",

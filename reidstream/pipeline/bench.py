@@ -68,6 +68,7 @@ def _scene_run(cfg: Any, scene: str) -> dict[str, Any]:
     from reidstream.ingest.broker import EmbeddedBroker
     from reidstream.ingest.kafka_io import ensure_topics
     from reidstream.pipeline.runner import Pipeline
+    from reidstream.pipeline.stages import model_version
     from reidstream.scenes.replay import publish_scene
     from reidstream.scenes.score import collect, read_topics, score_scene
     from reidstream.scenes.truth import SceneTruth, load_manifest
@@ -93,7 +94,7 @@ def _scene_run(cfg: Any, scene: str) -> dict[str, Any]:
     print(score.table(), flush=True)
     return {
         "scene": str(folder),
-        "model_version": cfg.pipeline.model_version or cfg.embed.checkpoint or cfg.model.name,
+        "model_version": model_version(cfg),
         "linker_threshold": cfg.linker.threshold,
         "frames": stats.frames,
         "wall_seconds": round(time.monotonic() - started, 1),

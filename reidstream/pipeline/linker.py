@@ -26,6 +26,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from reidstream.config import LinkerConfig
+
 
 class Gallery(Protocol):
     def add(self, ids: np.ndarray, vectors: np.ndarray, metadata: list[dict]) -> None: ...
@@ -33,14 +35,6 @@ class Gallery(Protocol):
     def remove(self, ids: np.ndarray) -> None: ...
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-@dataclass(frozen=True)
-class LinkerSettings:
-    threshold: float
-    margin: float
-    top_k: int
-    same_camera_gap_ms: int
 
 
 @dataclass
@@ -87,7 +81,7 @@ class _TrackRecord:
 class Linker:
     """Assigns global identities to tracks; see the module docstring for the rules."""
 
-    def __init__(self, gallery: Gallery, settings: LinkerSettings) -> None:
+    def __init__(self, gallery: Gallery, settings: LinkerConfig) -> None:
         self.gallery = gallery
         self.settings = settings
         self._tracks: dict[tuple[str, int], _TrackRecord] = {}

@@ -8,8 +8,8 @@
   partitions it holds, drives one bounded step at a time, and commits offsets only after the
   events of those frames are produced.
 
-The classes are plain Python; :func:`remote` turns them into actors with the resources the
-config gives, so unit tests can also drive them in-process.
+The classes are plain Python; ``runner.Pipeline`` makes them Ray actors with the resources
+the config gives.
 """
 
 from __future__ import annotations
@@ -66,18 +66,10 @@ class EmbedderStage:
 class LinkerStage:
     def __init__(self, cfg: Config, dim: int) -> None:
         from reidstream.gallery import ShardedGallery
-        from reidstream.pipeline.linker import Linker, LinkerSettings
+        from reidstream.pipeline.linker import Linker
 
         self.gallery = ShardedGallery.create(cfg.gallery, dim)
-        self.linker = Linker(
-            self.gallery,
-            LinkerSettings(
-                threshold=cfg.linker.threshold,
-                margin=cfg.linker.margin,
-                top_k=cfg.linker.top_k,
-                same_camera_gap_ms=cfg.linker.same_camera_gap_ms,
-            ),
-        )
+        self.linker = Linker(self.gallery, cfg.linker)
 
     def link(self, observations: list) -> list:
         return self.linker.link(observations)
@@ -152,9 +144,8 @@ class CameraWorker:
         self.source = FrameSource(cfg.kafka, on_revoke=self._on_revoke)
         self.trackers: dict[str, Any] = {}
         self._crop_vectors: dict[tuple[str, int], dict[int, np.ndarray]] = {}
-        self._camera_partition: dict[str, Any] = {}
         self._last_report: dict[str, float] = {}
-        self.model_version = cfg.pipeline.model_version or _model_version(cfg)
+        self.model_version = model_version(cfg)
 
     def ready(self) -> bool:
         self.source.connect()
@@ -174,7 +165,6 @@ class CameraWorker:
                 stats.count_bad(item.reason)
             else:
                 frames.append((tp, offset, item))
-                self._camera_partition[item.camera] = tp
         finished = []
         if frames:
             try:
@@ -334,12 +324,10 @@ class CameraWorker:
 
     def _on_revoke(self, partitions: set) -> None:
         """Another worker takes these cameras from the committed offset: drop their state."""
-        for camera, tp in list(self._camera_partition.items()):
-            if tp in partitions:
-                self.trackers.pop(camera, None)
-                del self._camera_partition[camera]
-                for key in [k for k in self._crop_vectors if k[0] == camera]:
-                    del self._crop_vectors[key]
+        for camera in self.source.cameras_on(partitions):
+            self.trackers.pop(camera, None)
+            for key in [k for k in self._crop_vectors if k[0] == camera]:
+                del self._crop_vectors[key]
 
     @staticmethod
     def _call(method: Any, *args: Any) -> Any:
@@ -388,9 +376,12 @@ def _summary(track: Any, global_id: int, num_embeddings: int) -> Any:
     )
 
 
-def _model_version(cfg: Config) -> str:
+def model_version(cfg: Config) -> str:
+    """What events say produced them: the configured name, the checkpoint, or the model."""
     from pathlib import Path
 
+    if cfg.pipeline.model_version:
+        return cfg.pipeline.model_version
     if cfg.embed.checkpoint:
         return Path(cfg.embed.checkpoint).stem
     return f"{cfg.model.name}-untrained"
