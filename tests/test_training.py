@@ -27,7 +27,7 @@ from reidstream.training.losses import (
     MappedWeightRegulariser,
     MemoryBankClassification,
 )
-from reidstream.training.optim import warmup_cosine
+from reidstream.training.optim import BudgetClock, build_scheduler, warmup_cosine
 
 # ---- losses -------------------------------------------------------------------------------
 
@@ -118,6 +118,49 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(100, **args) == pytest.approx(0.01)
     values = [warmup_cosine(s, **args) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_time_budget_schedule_follows_the_clock():
+    """With ``max_minutes`` the lr follows the share of the budget spent, not the step count."""
+    cfg = load_config(
+        None,
+        ["train.max_minutes=10", "train.epochs=20", "train.warmup_epochs=2", "train.lr=0.1",
+         "train.warmup_factor=0.1", "train.final_lr_factor=0.01"],
+    ).train
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    clock = BudgetClock()
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=1000, clock=clock)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1)
+    seen = []
+    for fraction in (0.05, 0.1, 0.55, 1.0):  # warm-up is 2/20 of the budget
+        clock.fraction = fraction
+        optimizer.step()
+        scheduler.step()
+        seen.append(optimizer.param_groups[0]["lr"] / cfg.lr)
+    assert seen == pytest.approx([0.55, 1.0, 0.01 + 0.99 * 0.5, 0.01])
+    # without a budget the same config steps by epochs: 2 steps are still deep in warm-up
+    by_steps = load_config(None, ["train.warmup_epochs=2", "train.warmup_factor=0.1"]).train
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(optimizer, by_steps, steps_per_epoch=1000, clock=clock)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 + 0.9 / 2000)
+
+
+def test_mixed_precision_choice(tmp_path):
+    from reidstream.device import cpu_has_bf16, mixed_precision_dtype
+
+    with_bf16 = tmp_path / "zen4"
+    with_bf16.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16\n")
+    without = tmp_path / "older"
+    without.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f\n")
+    assert cpu_has_bf16(str(with_bf16)) and not cpu_has_bf16(str(without))
+    assert not cpu_has_bf16(str(tmp_path / "missing"))
+    cpu = torch.device("cpu")
+    assert mixed_precision_dtype(cpu) is None  # inference on a CPU stays fp32
+    expected = torch.bfloat16 if cpu_has_bf16() else None
+    assert mixed_precision_dtype(cpu, cpu_bf16=True) == expected
+    assert mixed_precision_dtype(torch.device("cuda")) == torch.float16
 
 
 # ---- DIMN episodes on real images ----------------------------------------------------------
@@ -358,8 +401,11 @@ def test_shipped_configs_take_a_training_step(name, assets_dir, data_dir, tmp_pa
     images, pids, camids, _ = next(iter(loader))
     objective.train()
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    loss, parts = objective(images, pids, camids)
-    assert torch.isfinite(loss) and parts
+    # the step runs under bf16 autocast, as on a CPU with native bf16: the model computes in
+    # bf16, the losses must still come out in fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, parts = objective(images, pids, camids)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and parts
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -293,6 +293,8 @@ def evaluate(cfg: Config, assets: Assets, progress: bool = True) -> EvalReport:
     )
     report = evaluate_embedder(embedder, query, gallery, cfg.eval, dataset.name, progress)
     report.checkpoint = checkpoint
+    if checkpoint:  # the weights came from the checkpoint, not from model.pretrained
+        report.init = f"trained, checkpoint {Path(checkpoint).name}"
     report.config = cfg.to_dict()
     return report
 

@@ -23,10 +23,15 @@ from torch.utils.data import DataLoader
 
 from reidstream.assets import Assets
 from reidstream.config import Config, build_dataclass
-from reidstream.device import autocast
+from reidstream.device import autocast, mixed_precision_dtype
 from reidstream.training.data import TrainData, load_train_data
 from reidstream.training.objectives import Objective, build_objective, objective_name
-from reidstream.training.optim import build_optimizer, build_scheduler, param_groups
+from reidstream.training.optim import (
+    BudgetClock,
+    build_optimizer,
+    build_scheduler,
+    param_groups,
+)
 from reidstream.training.state import (
     HISTORY_FILE,
     METRICS_FILE,
@@ -91,20 +96,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = build_optimizer(
         param_groups(objective, cfg.train, objective.center_parameters()), cfg.train
     )
-    scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch)
-    use_amp = cfg.train.amp and rank.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    clock = BudgetClock()
+    scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch, clock)
+    precision = mixed_precision_dtype(rank.device, cpu_bf16=True) if cfg.train.amp else None
+    # bf16 keeps fp32's exponent range, so only fp16 needs loss scaling
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+    if rank.is_main:
+        log.info("mixed precision: %s", precision or "off (fp32)")
     progress = Progress()
     if state is not None:
         progress = restore_optimization(state, optimizer, scheduler, scaler)
         if rank.is_main:
             log.info("resuming after epoch %d (step %d)", progress.epoch, progress.step)
+    if cfg.train.max_minutes > 0:  # a resumed run continues its schedule where time left it
+        clock.fraction = progress.train_seconds / (60 * cfg.train.max_minutes)
     start_epoch = progress.epoch
     if progress.finished and (
         cfg.train.max_minutes <= 0 or progress.train_seconds < 60 * cfg.train.max_minutes
     ):
         progress.finished = False  # the time budget was raised since the run stopped
-    trainer = _Stepper(cfg, rank, ddp, objective, optimizer, scheduler, scaler, use_amp)
+    trainer = _Stepper(cfg, rank, ddp, objective, optimizer, scheduler, scaler, clock)
     todo = max(0, cfg.train.epochs - start_epoch) * steps_per_epoch
     trainer.bar = progress_bar(rank, todo, bool(loop_config.get("progress", False)))
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -205,10 +216,10 @@ def restore_optimization(
 class _Stepper:
     """One epoch of optimizer steps, with the progress bar, time budget and test fault hook."""
 
-    def __init__(self, cfg, rank, ddp, objective, optimizer, scheduler, scaler, use_amp):
+    def __init__(self, cfg, rank, ddp, objective, optimizer, scheduler, scaler, clock):
         self.cfg, self.rank, self.ddp, self.objective = cfg, rank, ddp, objective
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
-        self.use_amp = use_amp
+        self.clock = clock
         self.bar = None
 
     def run_epoch(
@@ -232,7 +243,7 @@ class _Stepper:
             batch = batch.to(rank.device, non_blocking=True)
             pids = pids.to(rank.device, non_blocking=True)
             camids = camids.to(rank.device, non_blocking=True)
-            with autocast(rank.device, self.use_amp):
+            with autocast(rank.device, cfg.amp, cpu_bf16=True):
                 loss, parts = self.ddp(batch, pids, camids)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -255,12 +266,18 @@ class _Stepper:
                 rate = images * rank.world / (time.perf_counter() - start)
                 log.info(
                     "epoch %d step %d/%d loss %.4f (%.1f images/s)",
-                    epoch + 1, count, steps, float(sums["loss"]) / count, rate,
+                    epoch + 1,
+                    count,
+                    steps,
+                    float(sums["loss"]) / count,
+                    rate,
                 )
-            elapsed = progress.train_seconds + time.perf_counter() - start
-            if cfg.max_minutes > 0 and all_ranks_any(rank, elapsed > 60 * cfg.max_minutes):
-                stopped = True
-                break
+            if cfg.max_minutes > 0:
+                elapsed = progress.train_seconds + time.perf_counter() - start
+                self.clock.fraction = all_ranks_max(rank, elapsed) / (60 * cfg.max_minutes)
+                if self.clock.fraction >= 1.0:
+                    stopped = True
+                    break
         seconds = time.perf_counter() - start
         progress.train_seconds += seconds
         stats = mean_over_ranks(rank, sums, count)
@@ -288,15 +305,16 @@ def simulate_crash(rank: Rank) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def all_ranks_any(rank: Rank, flag: bool) -> bool:
-    """One rank's stop decision for all, so no rank waits in a collective for the others."""
+def all_ranks_max(rank: Rank, value: float) -> float:
+    """The largest of every rank's ``value``: one time-budget reading for all ranks, so they
+    share one lr and stop at the same step (none waits in a collective for the others)."""
     if rank.world == 1:
-        return flag
+        return value
     import torch.distributed as dist
 
-    value = torch.tensor([1.0 if flag else 0.0], device=rank.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+    tensor = torch.tensor([value], dtype=torch.float64, device=rank.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor.item())
 
 
 def mean_over_ranks(rank: Rank, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
@@ -362,7 +380,10 @@ def report_epoch(metrics, rank, objective, data, cfg, progress, optimizer, sched
         return
     log.info(
         "epoch %d step %d loss %.4f (%.1f images/s)",
-        metrics["epoch"], metrics["step"], metrics["loss"], metrics["images_per_s"],
+        metrics["epoch"],
+        metrics["step"],
+        metrics["loss"],
+        metrics["images_per_s"],
     )
     with tempfile.TemporaryDirectory(prefix="reidstream-ckpt-") as tmp:
         folder = Path(tmp)
@@ -384,7 +405,14 @@ def finish(cfg, rank, objective, data, assets, progress, optimizer, scheduler, s
     with tempfile.TemporaryDirectory(prefix="reidstream-final-") as tmp:
         folder = Path(tmp)
         write_checkpoint(
-            folder, objective, data, cfg, progress, optimizer, scheduler, scaler,
+            folder,
+            objective,
+            data,
+            cfg,
+            progress,
+            optimizer,
+            scheduler,
+            scaler,
             half=cfg.train.export_half,
         )
         write_json(folder / HISTORY_FILE, progress.history)

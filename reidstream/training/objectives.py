@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from reidstream.config import TrainConfig
+from reidstream.device import full_precision
 from reidstream.registry import Registry
 from reidstream.training.losses import LOSSES
 
@@ -95,21 +96,30 @@ class SupervisedObjective(Objective):
         self, images: Tensor, pids: Tensor, camids: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.model(images, camids)
+        with full_precision(images.device):
+            logits = [x.float() for x in out.logits]
+            return self._losses(logits, [f.float() for f in out.features], pids)
+
+    def _losses(
+        self, logits: list[Tensor], features: list[Tensor], pids: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         parts: dict[str, Tensor] = {}
         if cfg.id_weight > 0:
-            id_terms = [self.id_loss(logits, pids) for logits in out.logits]
+            id_terms = [self.id_loss(head, pids) for head in logits]
             parts["id"] = weighted_branches(id_terms, cfg.global_weight, cfg.local_weight)
         if self.metric_loss is not None and cfg.metric_weight > 0:
-            metric_terms = [self.metric_loss(f, pids) for f in out.features]
+            metric_terms = [self.metric_loss(f, pids) for f in features]
             parts["metric"] = weighted_branches(metric_terms, cfg.global_weight, cfg.local_weight)
         if self.center_loss is not None:
-            parts["center"] = self.center_loss(out.features[0], pids)
+            parts["center"] = self.center_loss(features[0], pids)
         weights = {"id": cfg.id_weight, "metric": cfg.metric_weight, "center": cfg.center_weight}
         total = sum(weights[k] * v for k, v in parts.items())
         with torch.no_grad():
-            parts["acc"] = (out.logits[0].argmax(1) == pids).float().mean() if out.logits else (
-                torch.zeros((), device=images.device)
+            parts["acc"] = (
+                (logits[0].argmax(1) == pids).float().mean()
+                if logits
+                else (torch.zeros((), device=pids.device))
             )
         return total, parts
 
@@ -144,8 +154,12 @@ class EpisodicObjective(Objective):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if images.shape[0] % 2:
             raise ValueError("an episode batch is N gallery then N probe images (even size)")
+        feats = self.model(images, camids).features[0]
+        with full_precision(images.device):
+            return self._episode(feats.float(), pids)
+
+    def _episode(self, feats: Tensor, pids: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         model, cfg = self.model, self.cfg
-        feats = model(images, camids).features[0]
         n = feats.shape[0] // 2
         gallery_pids = pids[:n]
         weights = model.map_gallery(feats[:n])

@@ -64,13 +64,44 @@ def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimiz
     raise ValueError(f"train.optimizer {cfg.optimizer!r}: expected one of {OPTIMIZERS}")
 
 
+class BudgetClock:
+    """Share of ``train.max_minutes`` spent so far, agreed by all ranks (set by the loop)."""
+
+    def __init__(self) -> None:
+        self.fraction = 0.0
+
+
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    clock: BudgetClock | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up + cosine over ``epochs``; with ``max_minutes`` and a clock, over the time budget.
+
+    On a time budget the lr follows the share of the budget spent (warm-up takes
+    ``warmup_epochs / epochs`` of it), so every run of an equal-time comparison anneals fully
+    however fast its model steps; the run ends at the budget or after ``epochs``, first wins.
+    """
+    if cfg.max_minutes > 0 and clock is not None:
+        share = min(1.0, cfg.warmup_epochs / max(cfg.epochs, 1))
+        resolution = 1_000_000  # warmup_cosine works on integer steps
+
+        def by_time(_step: int) -> float:
+            return warmup_cosine(
+                int(clock.fraction * resolution),
+                resolution,
+                int(share * resolution),
+                cfg.warmup_factor,
+                cfg.final_lr_factor,
+            )
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, by_time)
+
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
 
-    def factor(step: int) -> float:
+    def by_step(step: int) -> float:
         return warmup_cosine(step, total, warmup, cfg.warmup_factor, cfg.final_lr_factor)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, by_step)
