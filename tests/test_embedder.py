@@ -157,3 +157,24 @@ def test_dimn_gallery_mapping(assets, crops):
     with torch.no_grad():
         expected = emb.model.score(torch.from_numpy(probes), torch.from_numpy(weights))
     assert np.allclose(logits, expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("checkpoint", ["transreid_hybrid_cuhk03.pt", "dimn_cuhk03.pt"])
+def test_shipped_checkpoints_match_people_across_cameras(checkpoint, data_dir, assets):
+    """Each shipped model, on test identities it never trained on: a person's camera-1 image is
+    closer to their own camera-2 image than to other people's."""
+    query = sorted((data_dir / "cuhk03-labeled" / "query").glob("*.jpg"))
+    by_camera: dict[str, dict[str, Path]] = {"c1": {}, "c2": {}}
+    for path in query:
+        pid, cam = path.name.split("_")[:2]
+        by_camera[cam[:2]].setdefault(pid, path)
+    pids = sorted(set(by_camera["c1"]) & set(by_camera["c2"]))[:12]
+    cfg = dataclasses.replace(DEFAULTS, embed=embed_cfg(checkpoint=checkpoint))
+    embedder = Embedder.from_config(cfg, assets)
+    a = embedder.embed([cv2.imread(str(by_camera["c1"][p])) for p in pids], ["c1"] * len(pids))
+    b = embedder.embed([cv2.imread(str(by_camera["c2"][p])) for p in pids], ["c2"] * len(pids))
+    sims = a @ b.T
+    same, other = np.diag(sims), sims[~np.eye(len(pids), dtype=bool)]
+    assert same.mean() > other.mean() + 0.1
+    top1 = (sims.argmax(axis=1) == np.arange(len(pids))).mean()
+    assert top1 >= 0.5, f"{checkpoint}: top-1 {top1:.2f} among {len(pids)} people"

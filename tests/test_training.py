@@ -412,3 +412,25 @@ def test_shipped_configs_take_a_training_step(name, assets_dir, data_dir, tmp_pa
     after = [p for p in model.parameters() if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     assert base.train.name and base.train.epochs > 0
+
+
+def test_ablation_variants_are_valid_configs():
+    """bench/ablations.py's variants load (config + overrides) and differ where they say."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("ablations", root / "bench" / "ablations.py")
+    ablations = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablations)
+    loaded = {
+        name: load_config(ablations.CONFIGS / f"{config}.yaml", [*overrides, "train.max_minutes=8"])
+        for name, (config, overrides, _) in ablations.VARIANTS.items()
+    }
+    base = loaded["transreid"]
+    assert base.model.sie and base.model.jpm and base.model.backbone == "mobilenetv2"
+    assert not loaded["no-sie"].model.sie and loaded["no-sie"].model.jpm
+    assert not loaded["no-jpm"].model.jpm and loaded["no-jpm"].model.sie
+    assert loaded["pure-vit"].model.backbone == "vit"
+    assert loaded["bot"].model.name == "bot" and loaded["dimn"].model.name == "dimn"
+    assert loaded["dimn"].train.datasets == [base.data.dataset]  # same data as TransReID
+    assert all(cfg.train.max_minutes == 8 for cfg in loaded.values())
