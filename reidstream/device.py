@@ -38,7 +38,7 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 def mixed_precision_dtype(device: torch.device, cpu_bf16: bool = False) -> torch.dtype | None:
     """fp16 on CUDA; bf16 on a CPU with native bf16 when ``cpu_bf16``; None: full precision.
 
-    Training asks for CPU bf16 (about 1.7x the images/s of fp32 on an AVX512-BF16 core);
+    Training asks for CPU bf16 (1.6x the images/s of fp32 on this project's AVX512-BF16 VM);
     inference does not, so embeddings served on a CPU match the evaluated fp32 numbers.
     """
     if device.type == "cuda":

@@ -69,14 +69,25 @@ def test_two_tracks_at_once_in_one_camera_are_two_people(linker: Linker) -> None
     assert not b.is_match and b.global_id != a.global_id
 
 
-def test_identity_already_in_this_camera_at_this_time_is_excluded(linker: Linker) -> None:
-    rng = np.random.default_rng(3)
+@pytest.mark.parametrize(
+    ("seed", "first", "cam2_first", "cam2_second"),
+    [
+        # a second cam2 track while cam2/1 of that identity is on screen
+        (3, (0, 5000), (1000, 4000), (2000, 3000)),
+        # another cam2 track 1 s after cam2/1 ended: too soon to be that person back in view
+        (7, (0, 1000), (2000, 3000), (4000, 5000)),
+    ],
+    ids=["overlapping", "one-second-later"],
+)
+def test_joining_an_identity_already_seen_here_needs_the_reentry_gap(
+    linker: Linker, seed: int, first: tuple, cam2_first: tuple, cam2_second: tuple
+) -> None:
+    rng = np.random.default_rng(seed)
     p = _person(rng)
-    a = linker.link([_obs("cam1", 1, _view(p, rng, 0.05), 0, 5000)])[0]
-    b = linker.link([_obs("cam2", 1, _view(p, rng, 0.05), 1000, 4000)])[0]
+    a = linker.link([_obs("cam1", 1, _view(p, rng, 0.05), *first)])[0]
+    b = linker.link([_obs("cam2", 1, _view(p, rng, 0.05), *cam2_first)])[0]
     assert b.is_match and b.global_id == a.global_id
-    # A second cam2 track while cam2/1 of that identity is on screen must not join it.
-    c = linker.link([_obs("cam2", 2, _view(p, rng, 0.05), 2000, 3000)])[0]
+    c = linker.link([_obs("cam2", 2, _view(p, rng, 0.05), *cam2_second)])[0]
     assert not c.is_match and c.global_id != a.global_id
 
 
@@ -121,14 +132,3 @@ def test_refresh_keeps_identity_and_unlinked_tracks_retry(linker: Linker) -> Non
 def test_zero_embedding_is_refused(linker: Linker) -> None:
     with pytest.raises(ValueError, match="zero"):
         linker.link([_obs("cam1", 1, np.zeros(DIM, np.float32), 0, 1)])
-
-
-def test_joining_an_identity_already_seen_here_needs_the_reentry_gap(linker: Linker) -> None:
-    rng = np.random.default_rng(7)
-    p = _person(rng)
-    a = linker.link([_obs("cam1", 1, _view(p, rng, 0.05), 0, 1000)])[0]
-    b = linker.link([_obs("cam2", 1, _view(p, rng, 0.05), 2000, 3000)])[0]
-    assert b.is_match and b.global_id == a.global_id
-    # Another cam2 track 1 s after cam2/1 ended: too soon to be that person back in view.
-    c = linker.link([_obs("cam2", 2, _view(p, rng, 0.05), 4000, 5000)])[0]
-    assert not c.is_match and c.global_id != a.global_id

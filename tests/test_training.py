@@ -128,12 +128,12 @@ def test_time_budget_schedule_follows_the_clock():
          "train.warmup_factor=0.1", "train.final_lr_factor=0.01"],
     ).train
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    clock = BudgetClock()
+    clock = BudgetClock(cfg.max_minutes)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=1000, clock=clock)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1)
     seen = []
     for fraction in (0.05, 0.1, 0.55, 1.0):  # warm-up is 2/20 of the budget
-        clock.fraction = fraction
+        clock.update(fraction * clock.budget_s)  # train seconds spent
         optimizer.step()
         scheduler.step()
         seen.append(optimizer.param_groups[0]["lr"] / cfg.lr)
@@ -141,7 +141,8 @@ def test_time_budget_schedule_follows_the_clock():
     # without a budget the same config steps by epochs: 2 steps are still deep in warm-up
     by_steps = load_config(None, ["train.warmup_epochs=2", "train.warmup_factor=0.1"]).train
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = build_scheduler(optimizer, by_steps, steps_per_epoch=1000, clock=clock)
+    unlimited = BudgetClock(by_steps.max_minutes)
+    scheduler = build_scheduler(optimizer, by_steps, steps_per_epoch=1000, clock=unlimited)
     optimizer.step()
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 + 0.9 / 2000)

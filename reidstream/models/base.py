@@ -138,6 +138,16 @@ def resolve_weights(name: str, assets: Assets | None) -> Path | None:
     return (assets or Assets.from_config()).asset(name)
 
 
+def read_weights_file(path: Path, what: str) -> dict:
+    """``torch.load`` of tensors only; anything but a missing file becomes a ValueError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read {what} ({exc})") from exc
+
+
 def is_mobilenetv2_weights(name: str) -> bool:
     return Path(name).name == MOBILENETV2_ASSET
 

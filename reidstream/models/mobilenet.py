@@ -14,19 +14,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from reidstream.models.base import read_weights_file
+
 NUM_BLOCKS = 19
 STRIDE32_BLOCK = 14  # first block of the last stage; its stride-2 conv is the "last stride"
 
-
-
-def read_weights_file(path: Path, what: str) -> dict:
-    """``torch.load`` of tensors only; anything but a missing file becomes a ValueError."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read {what} ({exc})") from exc
 
 def _is_counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")

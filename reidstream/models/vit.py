@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reidstream.models.mobilenet import read_weights_file
+from reidstream.models.base import read_weights_file
 
 log = logging.getLogger(__name__)
 

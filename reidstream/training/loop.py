@@ -96,7 +96,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = build_optimizer(
         param_groups(objective, cfg.train, objective.center_parameters()), cfg.train
     )
-    clock = BudgetClock()
+    clock = BudgetClock(cfg.train.max_minutes)
     scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch, clock)
     precision = mixed_precision_dtype(rank.device, cpu_bf16=True) if cfg.train.amp else None
     # bf16 keeps fp32's exponent range, so only fp16 needs loss scaling
@@ -108,12 +108,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         progress = restore_optimization(state, optimizer, scheduler, scaler)
         if rank.is_main:
             log.info("resuming after epoch %d (step %d)", progress.epoch, progress.step)
-    if cfg.train.max_minutes > 0:  # a resumed run continues its schedule where time left it
-        clock.fraction = progress.train_seconds / (60 * cfg.train.max_minutes)
+    clock.update(progress.train_seconds)  # a resumed run continues where time left it
     start_epoch = progress.epoch
-    if progress.finished and (
-        cfg.train.max_minutes <= 0 or progress.train_seconds < 60 * cfg.train.max_minutes
-    ):
+    if progress.finished and not clock.spent:
         progress.finished = False  # the time budget was raised since the run stopped
     trainer = _Stepper(cfg, rank, ddp, objective, optimizer, scheduler, scaler, clock)
     todo = max(0, cfg.train.epochs - start_epoch) * steps_per_epoch
@@ -272,10 +269,10 @@ class _Stepper:
                     float(sums["loss"]) / count,
                     rate,
                 )
-            if cfg.max_minutes > 0:
+            if self.clock.limited:
                 elapsed = progress.train_seconds + time.perf_counter() - start
-                self.clock.fraction = all_ranks_max(rank, elapsed) / (60 * cfg.max_minutes)
-                if self.clock.fraction >= 1.0:
+                self.clock.update(all_ranks_max(rank, elapsed))
+                if self.clock.spent:
                     stopped = True
                     break
         seconds = time.perf_counter() - start

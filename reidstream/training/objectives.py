@@ -119,7 +119,7 @@ class SupervisedObjective(Objective):
             parts["acc"] = (
                 (logits[0].argmax(1) == pids).float().mean()
                 if logits
-                else (torch.zeros((), device=pids.device))
+                else torch.zeros((), device=pids.device)
             )
         return total, parts
 

@@ -65,10 +65,24 @@ def build_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimiz
 
 
 class BudgetClock:
-    """Share of ``train.max_minutes`` spent so far, agreed by all ranks (set by the loop)."""
+    """A run's time budget (``train.max_minutes``; 0: none) and the share of it spent, as the
+    training loop last agreed it over all ranks."""
 
-    def __init__(self) -> None:
+    def __init__(self, minutes: float) -> None:
+        self.budget_s = 60.0 * minutes
         self.fraction = 0.0
+
+    @property
+    def limited(self) -> bool:
+        return self.budget_s > 0
+
+    @property
+    def spent(self) -> bool:
+        return self.limited and self.fraction >= 1.0
+
+    def update(self, train_seconds: float) -> None:
+        if self.limited:
+            self.fraction = train_seconds / self.budget_s
 
 
 def build_scheduler(
@@ -77,13 +91,13 @@ def build_scheduler(
     steps_per_epoch: int,
     clock: BudgetClock | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Warm-up + cosine over ``epochs``; with ``max_minutes`` and a clock, over the time budget.
+    """Warm-up + cosine over ``epochs``; with a clock on a budget, over the time budget.
 
     On a time budget the lr follows the share of the budget spent (warm-up takes
     ``warmup_epochs / epochs`` of it), so every run of an equal-time comparison anneals fully
     however fast its model steps; the run ends at the budget or after ``epochs``, first wins.
     """
-    if cfg.max_minutes > 0 and clock is not None:
+    if clock is not None and clock.limited:
         share = min(1.0, cfg.warmup_epochs / max(cfg.epochs, 1))
         resolution = 1_000_000  # warmup_cosine works on integer steps
 
