@@ -8,7 +8,9 @@ schedule is stretched over the budget, so each run warms up, anneals fully and s
 time is spent, however fast its model steps. Each is then evaluated on the cuhk03-labeled test
 split without re-ranking. Rows are printed as they finish and written to
 ``runs/ablations/<minutes>min/results.json``; a finished variant is not trained again when the
-script is rerun (delete its entry in results.json to retrain it).
+script is rerun (delete its entry in results.json and its folder to retrain it). A variant
+that was interrupted or failed before its evaluation resumes from its last checkpoint, with the
+time it had already spent counted (``--fresh`` starts it over).
 
 The budget is equal time, not equal epochs: a cheaper model (no JPM, bag of tricks) sees more
 images in it, which is the trade a user choosing a model on a fixed machine faces.
@@ -44,7 +46,9 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
 NOMINAL_EPOCHS = 100  # never reached inside the budget; with warmup_epochs=5 warm-up is 5%
 
 
-def run_variant(name: str, minutes: float, out_dir: Path, extra: list[str]) -> dict:
+def run_variant(
+    name: str, minutes: float, out_dir: Path, extra: list[str], resume: bool = False
+) -> dict:
     from reidstream.config import load_config
     from reidstream.training.job import run_training
 
@@ -64,7 +68,7 @@ def run_variant(name: str, minutes: float, out_dir: Path, extra: list[str]) -> d
             *extra,
         ],
     )
-    outcome = run_training(cfg)
+    outcome = run_training(cfg, resume=resume)
     figures = outcome.metrics
     if "mAP" not in figures:
         raise RuntimeError(f"{name}: the run ended without an evaluation ({outcome.run_dir})")
@@ -97,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", default=str(ROOT / "runs" / "ablations"))
     parser.add_argument("--address", default="", help="Ray cluster to join; '' starts one")
+    parser.add_argument(
+        "--fresh", action="store_true", help="start unfinished runs over instead of resuming them"
+    )
     args = parser.parse_args(argv)
 
     from reidstream.training.job import ensure_ray
@@ -108,11 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     ensure_ray(args.address)
     for name in args.only:
         if name not in results:
-            stale = out_dir / name
-            if stale.exists():  # a run that was interrupted or failed: start it afresh
-                print(f"removing the unfinished run {stale}", flush=True)
-                shutil.rmtree(stale)
-            results[name] = run_variant(name, args.minutes, out_dir, args.overrides)
+            unfinished = out_dir / name
+            resume = unfinished.exists() and not args.fresh
+            if resume:  # interrupted or failed: its time budget and checkpoints carry on
+                print(f"resuming the unfinished run {unfinished}", flush=True)
+            elif unfinished.exists():
+                print(f"removing the unfinished run {unfinished} (--fresh)", flush=True)
+                shutil.rmtree(unfinished)
+            results[name] = run_variant(name, args.minutes, out_dir, args.overrides, resume)
             results_file.write_text(json.dumps(results, indent=2))
         print(format_row(results[name]), flush=True)
 

@@ -104,6 +104,7 @@ class EmbedConfig:
     fp16: bool
     unknown_camera: str
     camera_aliases: dict[str, str]
+    flip: bool
 
 
 @dataclass
@@ -197,6 +198,9 @@ class LinkerConfig:
     margin: float
     top_k: int
     same_camera_gap_ms: int
+    min_track_ms: int
+    revise: bool
+    journal: str
 
 
 @dataclass

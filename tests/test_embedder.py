@@ -90,6 +90,19 @@ def test_bad_inputs_are_refused(bot, crops):
         bot.map_gallery(np.zeros((1, 1280), np.float32))
 
 
+def test_flip_averages_the_crop_and_its_mirror(bot, crops):
+    plain = bot.embed(crops)
+    mirrored = [np.ascontiguousarray(c[:, ::-1]) for c in crops]
+    both = Embedder(bot.model, mean=MEAN, std=STD, device="cpu", flip=True)
+    flipped = both.embed(crops)
+    assert not np.allclose(flipped, plain, atol=1e-3)  # the mirror view changes the feature
+    assert np.allclose(flipped, both.embed(mirrored), atol=1e-4)  # ... and is symmetric
+    # Close to the mean of the two plain embeddings (the model sums raw features).
+    expected = plain + bot.embed(mirrored)
+    cos = np.sum(flipped * expected, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cos.min() > 0.99
+
+
 def test_camera_names_ints_aliases_and_unknown(crops, caplog):
     model = sie_model()
     reg = CameraRegistry(["c1", "c2"], aliases={"lobby": "c2"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,10 @@ DIM = 32
 
 def _linker(margin: float = 0.02) -> Linker:
     cfg = load_config(overrides={"gallery.index": "flat", "gallery.use_gpu": False})
-    settings = LinkerConfig(threshold=0.8, margin=margin, top_k=10, same_camera_gap_ms=5000)
+    settings = LinkerConfig(
+        threshold=0.8, margin=margin, top_k=10, same_camera_gap_ms=5000, min_track_ms=0,
+        revise=False, journal="",
+    )
     return Linker(GalleryShard(cfg.gallery, DIM), settings)
 
 
@@ -34,7 +39,9 @@ def _view(person: np.ndarray, rng: np.random.Generator, noise: float = 0.15) -> 
 
 
 def _obs(camera: str, track: int, emb: np.ndarray, start: int, end: int) -> TrackObservation:
-    return TrackObservation(camera, track, start, end, emb, [0.0, 0.0, 10.0, 20.0])
+    box = [0.0, 0.0, 10.0, 20.0]
+    crop = {"camera": camera, "frame": end // 100, "ts_ms": end, "box": box}
+    return TrackObservation(camera, track, start, end, emb, box, crop)
 
 
 def test_same_person_in_two_cameras_gets_one_identity(linker: Linker) -> None:
@@ -132,3 +139,136 @@ def test_refresh_keeps_identity_and_unlinked_tracks_retry(linker: Linker) -> Non
 def test_zero_embedding_is_refused(linker: Linker) -> None:
     with pytest.raises(ValueError, match="zero"):
         linker.link([_obs("cam1", 1, np.zeros(DIM, np.float32), 0, 1)])
+
+
+def test_journal_replay_reproduces_the_live_decisions(tmp_path) -> None:
+    from reidstream.pipeline.journal import LinkJournal, read_journal, replay
+
+    rng = np.random.default_rng(8)
+    people = [_person(rng) for _ in range(6)]
+    batches = [
+        [_obs("cam1", i, _view(p, rng), 0, 1000) for i, p in enumerate(people)],
+        [_obs("cam2", 10 + i, _view(p, rng), 2000, 3000) for i, p in enumerate(people[:4])],
+        [_obs("cam2", 20, _person(rng), 2500, 3500)],
+    ]
+    live, journal = _linker(), LinkJournal(tmp_path / "journal.jsonl")
+    decisions = []
+    for batch in batches:
+        journal.write(batch)
+        decisions += live.link(batch)
+    journal.close()
+
+    read = read_journal(tmp_path / "journal.jsonl")
+    assert [len(b) for b in read] == [6, 4, 1]
+    # float32 on disk: what the linker searches with anyway
+    np.testing.assert_array_equal(read[1][2].embedding, batches[1][2].embedding.astype(np.float32))
+    cfg = load_config(overrides={"gallery.index": "flat", "gallery.use_gpu": False})
+    replayed = replay(read, live.settings, cfg.gallery)
+    assert replayed.global_ids == {
+        (d.camera, d.track_id): live.global_id_of(d.camera, d.track_id) for d in decisions
+    }
+    matches = [(d.camera, d.track_id, d.matched_camera, d.matched_track_id)
+               for d in decisions if d.is_match]
+    assert len(matches) == 4
+    assert [(e["camera"], e["track_id"], e["matched_camera"], e["matched_track_id"])
+            for e in replayed.events] == matches
+    # Stricter settings replay to fewer links, from the same journal.
+    strict = dataclasses.replace(live.settings, threshold=0.9999)
+    assert replay(read, strict, cfg.gallery).events == []
+
+
+def test_journal_names_a_bad_line(tmp_path) -> None:
+    from reidstream.pipeline.journal import read_journal
+
+    path = tmp_path / "journal.jsonl"
+    path.write_text('{"batch": 0, "camera": "cam1"}\n')
+    with pytest.raises(ValueError, match="record 1"):
+        read_journal(path)
+    with pytest.raises(FileNotFoundError, match="journal"):
+        read_journal(tmp_path / "missing.jsonl")
+
+
+def _settings_linker(**changes) -> Linker:
+    base = _linker()
+    return Linker(base.gallery, dataclasses.replace(base.settings, **changes))
+
+
+def test_glimpses_neither_link_nor_are_linked_to_until_they_grow() -> None:
+    linker = _settings_linker(min_track_ms=1000)
+    rng = np.random.default_rng(9)
+    p = _person(rng)
+    glimpse = linker.link([_obs("cam1", 1, _view(p, rng), 0, 400)])[0]
+    # The same person in cam2 for 2 s: the cam1 glimpse is no candidate.
+    seen = linker.link([_obs("cam2", 5, _view(p, rng), 3000, 5000)])[0]
+    assert not seen.is_match and seen.global_id != glimpse.global_id
+    short = linker.link([_obs("cam2", 6, _view(p, rng), 6000, 6500)])[0]
+    assert not short.is_match  # nor does a glimpse query
+    # The cam1 track goes on: now it is a track, and it links.
+    grown = linker.link([_obs("cam1", 1, _view(p, rng), 0, 1500)])[0]
+    assert grown.is_match and (grown.matched_camera, grown.matched_track_id) == ("cam2", 5)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("revise", [True, False])
+def test_a_stronger_claim_displaces_a_weaker_link(revise: bool) -> None:
+    linker = _settings_linker(revise=revise)
+    rng = np.random.default_rng(10)
+    p = _person(rng)
+    q = p + 0.9 * _person(rng)  # a look-alike of p
+    q /= np.linalg.norm(q)
+    between = 0.6 * p + 0.4 * q  # a cam2 person who resembles p a little more than q
+    between /= np.linalg.norm(between)
+    assert _cos(between, p) - _cos(between, q) > 0.02 and _cos(between, q) > 0.8
+
+    cam1 = linker.link([_obs("cam1", 1, p, 0, 2000), _obs("cam1", 2, q, 0, 2000)])
+    wrong = linker.link([_obs("cam2", 5, between, 3000, 6000)])[0]
+    assert wrong.is_match and wrong.matched_track_id == 1
+    # p arrives in cam2 while track 5 is on screen: only one of them can be p.
+    decisions = linker.link([_obs("cam2", 6, p, 4000, 7000)])
+    if not revise:
+        assert len(decisions) == 1 and not decisions[0].is_match
+        assert linker.global_id_of("cam2", 5) == cam1[0].global_id
+        return
+    right, retraction, relink = decisions
+    assert right.is_match and right.global_id == cam1[0].global_id
+    assert retraction.retracted and not retraction.is_match and retraction.is_event
+    assert (retraction.camera, retraction.track_id) == ("cam2", 5)
+    assert (retraction.matched_camera, retraction.matched_track_id) == ("cam1", 1)
+    assert retraction.observation is not None and retraction.observation.track_id == 5
+    # The displaced track is linked again at once, to its next best identity.
+    assert relink.is_match and (relink.camera, relink.track_id) == ("cam2", 5)
+    assert relink.matched_track_id == 2 and relink.global_id == cam1[1].global_id
+    assert linker.global_id_of("cam2", 5) == cam1[1].global_id
+    # It never returns to the identity it lost, however often it refreshes.
+    again = linker.link([_obs("cam2", 5, between, 3000, 8000)])
+    assert len(again) == 1 and linker.global_id_of("cam2", 5) == cam1[1].global_id
+
+
+def test_a_track_others_linked_to_is_not_displaced() -> None:
+    linker = _settings_linker(revise=True)
+    rng = np.random.default_rng(11)
+    p = _person(rng)
+    near = _view(p, rng, 0.6)
+    first = linker.link([_obs("cam1", 1, p, 0, 2000)])[0]
+    assert linker.link([_obs("cam2", 5, near, 3000, 6000)])[0].is_match
+    # A cam3 track linked to cam2/5: cam2/5 now anchors that link and stays.
+    cam3 = linker.link([_obs("cam3", 9, near, 7000, 9000)])[0]
+    assert cam3.is_match and cam3.global_id == first.global_id
+    assert (cam3.matched_camera, cam3.matched_track_id) == ("cam2", 5)
+    decisions = linker.link([_obs("cam2", 6, p, 4000, 7000)])
+    assert len(decisions) == 1 and not decisions[0].is_match
+    assert linker.global_id_of("cam2", 5) == first.global_id
+
+
+def test_old_tracks_drop_their_kept_embedding() -> None:
+    linker = _settings_linker(revise=True)  # same_camera_gap_ms 5000
+    rng = np.random.default_rng(12)
+    linker.link([_obs("cam1", 1, _person(rng), 0, 1000)])
+    assert linker._tracks[("cam1", 1)].last is not None
+    for i in range(255):  # the 256th call sweeps; cam1/1 ended long before
+        linker.link([_obs("cam2", 100 + i, _person(rng), 60_000 + i, 61_000 + i)])
+    assert linker._tracks[("cam1", 1)].last is None
+    assert linker._tracks[("cam2", 354)].last is not None

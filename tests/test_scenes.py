@@ -98,7 +98,7 @@ def summary(truth: SceneTruth, cam: str, pid: int, frames, track_id: int, gid: i
     return rec
 
 
-def event(track: dict, matched: dict) -> dict:
+def event(track: dict, matched: dict, kind: str = "match") -> dict:
     """A match event from ``track`` to ``matched`` (both summaries), as the wire writes it."""
     from reidstream.ingest.wire import MatchEvent
 
@@ -115,6 +115,7 @@ def event(track: dict, matched: dict) -> dict:
         matched_track_id=matched["track_id"],
         similarity=0.9,
         model_version="test",
+        kind=kind,
     )
     return json.loads(ev.to_json())
 
@@ -178,6 +179,23 @@ def test_missing_link() -> None:
     assert s.links.precision == 1.0 and s.links.recall == 0.5
     assert s.links.f1 == pytest.approx(2 / 3)
     assert s.identity.idtp == 40 and s.identity.idf1 == pytest.approx(0.8)
+
+
+def test_a_retraction_withdraws_its_link_and_sets_the_identity() -> None:
+    truth = make_truth(WALKS)
+    t = base_tracks(truth)
+    # B2 first took pid 3's identity (its summary went out so), then was displaced and re-linked.
+    t["B2"]["global_id"] = 3
+    wrong = event(t["B2"], t["A3"])
+    withdrawn = {**event(t["B2"], t["A3"], kind="retract"), "global_id": 7}
+    relinked = {**event(t["B2"], t["A2"]), "global_id": 2}
+    s = scored(truth, t, [event(t["B1"], t["A1"]), wrong, withdrawn, relinked])
+    assert (s.links.predicted, s.links.correct) == (2, 2) and s.links.f1 == 1.0
+    assert s.global_id_links.f1 == 1.0  # the summary's stale gid 3 gave way to the events'
+    # Withdrawn and not re-linked: a missed link, not a wrong one.
+    s = scored(truth, t, [event(t["B1"], t["A1"]), wrong, withdrawn])
+    assert (s.links.predicted, s.links.correct) == (1, 1) and s.links.recall == 0.5
+    assert s.global_id_links.predicted == 1
 
 
 def test_split_track_counts_its_link_once() -> None:
@@ -459,6 +477,45 @@ def test_score_command_on_files(tmp_path: Path, capsys) -> None:
     assert len(read_jsonl(tmp_path / "tracks.jsonl")) == 5
     (tmp_path / "bad.jsonl").write_text("{}\nnot json\n")
     assert main(["score", "--truth", str(tmp_path), "--events-file", str(tmp_path / "bad.jsonl")])
+
+
+def test_bench_linker_replays_a_journal_against_the_truth(tmp_path: Path) -> None:
+    """The scene's tracks as the linker saw them; replayed with two thresholds."""
+    import numpy as np
+
+    from reidstream.cli import main
+    from reidstream.pipeline.journal import LinkJournal
+    from reidstream.pipeline.linker import TrackObservation
+
+    truth = make_truth(WALKS)
+    truth.save(tmp_path / "truth.json")
+    t = base_tracks(truth)
+    (tmp_path / "tracks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in t.values()))
+    rng = np.random.default_rng(0)
+    looks = {pid: rng.normal(size=16) for pid in (1, 2, 3)}
+    journal = LinkJournal(tmp_path / "journal.jsonl")
+    for name in ("A1", "A2", "A3", "B1", "B2"):  # the order the pipeline would ask in
+        rec, pid = t[name], int(name[1])
+        mid = rec["boxes"][len(rec["boxes"]) // 2]
+        journal.write([TrackObservation(
+            rec["camera"], rec["track_id"], rec["start_ms"], rec["end_ms"],
+            looks[pid] + 0.2 * rng.normal(size=16), list(rec["boxes"][-1][2:]),
+            {"camera": rec["camera"], "frame": mid[0], "ts_ms": mid[1], "box": mid[2:]},
+        )])
+    journal.close()
+
+    def bench(*overrides: str) -> dict:
+        out = tmp_path / "replay.json"
+        args = ["bench", "linker", "--scene", str(tmp_path), "--journal",
+                str(tmp_path / "journal.jsonl"), "--tracks", str(tmp_path / "tracks.jsonl"),
+                "--out", str(out), "linker.min_track_ms=0", *overrides]
+        assert main(args) == 0
+        return json.loads(out.read_text())
+
+    linked = bench("linker.threshold=0.7")
+    assert linked["score"]["links"]["f1"] == 1.0 and linked["linker"]["threshold"] == 0.7
+    strict = bench("linker.threshold=0.9999")
+    assert strict["score"]["links"]["predicted"] == 0 and strict["score"]["links"]["recall"] == 0
 
 
 def test_score_reads_the_real_broker(kafka_cfg) -> None:

@@ -196,7 +196,7 @@ def test_match_event_json_round_trip():
     assert isinstance(back.best_crop, CropRef) and back.best_crop.frame == 31
     key, value, headers = event.record()
     assert key == b"cam2" and MatchEvent.from_json(value) == event
-    assert dict(headers)["rs-version"] == b"1"
+    assert dict(headers)["rs-version"] == b"2"
 
 
 def test_event_ids_are_deterministic_per_link():
@@ -225,7 +225,8 @@ def test_event_ids_are_deterministic_per_link():
         ('{"schema": 1, "camera": "cam2"}', "malformed_json"),
         ("TRACK_ID_TEXT", "malformed_json"),
         ("BOX_OF_3", "malformed_json"),
-        ("SCHEMA_2", "unsupported_version"),
+        ("SCHEMA_3", "unsupported_version"),
+        ("KIND", "malformed_json"),
     ],
 )
 def test_match_event_from_json_refuses_bad_documents(text, reason):
@@ -235,13 +236,26 @@ def test_match_event_from_json_refuses_bad_documents(text, reason):
     edits = {
         "TRACK_ID_TEXT": {"track_id": "seventeen"},
         "BOX_OF_3": {"box": [1, 2, 3]},
-        "SCHEMA_2": {"schema": 2},
+        "SCHEMA_3": {"schema": 3},
+        "KIND": {"kind": "maybe"},
     }
     if text in edits:
         text = json.dumps({**data, **edits[text]})
     with pytest.raises(BadMessage) as err:
         MatchEvent.from_json(text)
     assert err.value.reason == reason
+
+
+def test_retractions_have_their_own_id_and_schema_1_events_read_as_matches():
+    import json
+
+    match = _event()
+    retraction = _event(kind="retract")
+    assert retraction.event_id != match.event_id
+    assert MatchEvent.from_json(retraction.to_json()) == retraction
+    old = {k: v for k, v in match.to_dict().items() if k != "kind"}
+    read = MatchEvent.from_json(json.dumps({**old, "schema": 1}))
+    assert read.kind == "match" and read.event_id == match.event_id and read.schema == 1
 
 
 def test_readers_ignore_fields_added_later():

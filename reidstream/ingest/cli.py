@@ -110,11 +110,12 @@ def add_arguments_events(p: argparse.ArgumentParser) -> None:
 
 
 def format_event(event) -> str:
-    """One readable line per match event."""
+    """One readable line per match event (or retraction: ``!=`` where a match has ``=``)."""
     when = dt.datetime.fromtimestamp(event.end_ms / 1000).strftime("%H:%M:%S.%f")[:-3]
     box = ",".join(f"{v:.0f}" for v in event.box)
+    relation = "=" if event.kind == "match" else "!= (withdrawn)"
     return (
-        f"{when}  person #{event.global_id}: {event.camera} track {event.track_id} = "
+        f"{when}  person #{event.global_id}: {event.camera} track {event.track_id} {relation} "
         f"{event.matched_camera} track {event.matched_track_id}  "
         f"similarity {event.similarity:.3f}  box [{box}]  ({event.model_version})"
     )

@@ -20,7 +20,10 @@ import numpy as np
 from reidstream.config import ConfigError, build_dataclass
 
 WIRE_VERSION = 1  # frames topic headers
-EVENT_SCHEMA_VERSION = 1  # match-events and tracks JSON
+MATCH_SCHEMA_VERSION = 2  # match-events JSON (2 added ``kind``; 1 is read as all matches)
+TRACK_SCHEMA_VERSION = 1  # tracks JSON
+MATCH, RETRACT = "match", "retract"  # match-event kinds
+EVENT_KINDS = (MATCH, RETRACT)
 
 H_VERSION = "rs-version"
 H_CAMERA = "camera"
@@ -239,10 +242,20 @@ def _decode_jpeg(value: bytes, bad: _Bad) -> np.ndarray:
 
 
 def make_event_id(
-    camera: str, track_id: int, matched_camera: str, matched_track_id: int, model_version: str
+    camera: str,
+    track_id: int,
+    matched_camera: str,
+    matched_track_id: int,
+    model_version: str,
+    kind: str = "match",
 ) -> str:
-    """Same link, same id: a replay after a crash re-emits ids a consumer has already seen."""
-    link = [camera, int(track_id), matched_camera, int(matched_track_id), model_version]
+    """Same link, same id: a replay after a crash re-emits ids a consumer has already seen.
+
+    A retraction hashes its kind too, so it never shares the id of the match it withdraws.
+    """
+    link: list[Any] = [camera, int(track_id), matched_camera, int(matched_track_id), model_version]
+    if kind != MATCH:
+        link.append(kind)
     canon = json.dumps(link)
     return hashlib.blake2b(canon.encode(), digest_size=16).hexdigest()
 
@@ -251,6 +264,7 @@ class _JsonRecord:
     """to/from JSON for the dataclasses below, checked field by field against their types."""
 
     _what: ClassVar[str] = "record"
+    _schemas: ClassVar[tuple[int, ...]] = ()  # versions this reader accepts, newest last
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -268,11 +282,11 @@ class _JsonRecord:
         if not isinstance(data, dict):
             raise BadMessage(MALFORMED_JSON, f"{cls._what}: expected a JSON object")
         camera = data.get("camera") if valid_camera(data.get("camera")) else None
-        schema = data.get("schema", EVENT_SCHEMA_VERSION)
-        if schema != EVENT_SCHEMA_VERSION:
+        schema = data.get("schema", cls._schemas[-1])
+        if schema not in cls._schemas:
             raise BadMessage(
                 UNSUPPORTED_VERSION,
-                f"{cls._what} schema {schema!r}, this reader knows {EVENT_SCHEMA_VERSION}",
+                f"{cls._what} schema {schema!r}, this reader knows {list(cls._schemas)}",
                 camera,
             )
         # Tolerant reader: fields added later (same schema version) are ignored here.
@@ -314,6 +328,7 @@ class MatchEvent(_JsonRecord):
     """A local track linked to a track in another camera (or the same camera after a gap)."""
 
     _what: ClassVar[str] = "match event"
+    _schemas: ClassVar[tuple[int, ...]] = (1, MATCH_SCHEMA_VERSION)
 
     global_id: int
     camera: str
@@ -326,11 +341,14 @@ class MatchEvent(_JsonRecord):
     matched_track_id: int
     similarity: float
     model_version: str
+    kind: str = MATCH  # MATCH, or RETRACT: the match of these two tracks is withdrawn
     event_id: str = ""  # filled from the fields above when empty
-    schema: int = EVENT_SCHEMA_VERSION
+    schema: int = MATCH_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         _check_box(self.box, "box")
+        if self.kind not in EVENT_KINDS:
+            raise ValueError(f"event kind must be one of {EVENT_KINDS}, got {self.kind!r}")
         if isinstance(self.best_crop, dict):
             self.best_crop = CropRef(**self.best_crop)
         if not self.event_id:
@@ -340,6 +358,7 @@ class MatchEvent(_JsonRecord):
                 self.matched_camera,
                 self.matched_track_id,
                 self.model_version,
+                self.kind,
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -352,6 +371,7 @@ class TrackSummary(_JsonRecord):
     """A finished (or periodically refreshed) local track and the identity it was given."""
 
     _what: ClassVar[str] = "track summary"
+    _schemas: ClassVar[tuple[int, ...]] = (TRACK_SCHEMA_VERSION,)
 
     camera: str
     track_id: int
@@ -363,7 +383,7 @@ class TrackSummary(_JsonRecord):
     num_embeddings: int
     # One [frame_index, ts_ms, x1, y1, x2, y2] row per frame seen, oldest first.
     boxes: list[list[float]] = field(default_factory=list)
-    schema: int = field(default=EVENT_SCHEMA_VERSION)
+    schema: int = field(default=TRACK_SCHEMA_VERSION)
 
     def __post_init__(self) -> None:
         _check_box(self.best_box, "best_box")

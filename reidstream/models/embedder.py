@@ -44,6 +44,7 @@ class Embedder:
         batch_size: int = 32,
         fp16: bool = True,
         unknown_camera: str | None = None,
+        flip: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -58,6 +59,7 @@ class Embedder:
         self.std = np.asarray(std, dtype=np.float32) * 255.0
         self.batch_size = batch_size
         self.fp16 = fp16
+        self.flip = flip
         self.size = (model.cfg.img_height, model.cfg.img_width)
 
     @property
@@ -122,8 +124,12 @@ class Embedder:
                 images = self._batch(crops[start:stop], start)
                 cams = None if camera_ids is None else camera_ids[start:stop].to(self.device)
                 with autocast(self.device, self.fp16):
-                    feats = self.model(images, cams)
-                out.append(F.normalize(feats.float(), dim=1).cpu())
+                    feats = self.model(images, cams).float()
+                    if self.flip:
+                        # The mirrored person is the same person: averaging both views
+                        # cancels left/right pose and carrying-side differences.
+                        feats = feats + self.model(images.flip(3), cams).float()
+                out.append(F.normalize(feats, dim=1).cpu())
         return torch.cat(out).numpy()
 
     def map_gallery(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -185,4 +191,5 @@ def _runtime_kwargs(embed_cfg: EmbedConfig) -> dict:
         "batch_size": embed_cfg.batch_size,
         "fp16": embed_cfg.fp16,
         "unknown_camera": embed_cfg.unknown_camera,
+        "flip": embed_cfg.flip,
     }

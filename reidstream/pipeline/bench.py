@@ -6,13 +6,17 @@
   capture-to-result latency per frame, capture-to-event latency, and where the workers' time
   went per stage.
 - ``bench scene --scene DIR``: cross-camera link precision / recall / F1 and IDF1 of the
-  pipeline on a ground-truth scene from ``reidstream synth``.
+  pipeline on a ground-truth scene from ``reidstream synth``. Beside the results it keeps the
+  linker's journal (``*-journal.jsonl``) and the track summaries (``*-tracks.jsonl``).
+- ``bench linker --scene DIR --journal FILE --tracks FILE [linker.key=value ...]``: the same
+  scores for other linker settings, by replaying the journal (seconds, not minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import threading
 import time
@@ -26,12 +30,14 @@ WARMUP_S = 8.0
 
 
 def add_arguments_run_bench(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", choices=["pipeline", "scene"], help="what to measure")
+    parser.add_argument("target", choices=["pipeline", "scene", "linker"], help="what to measure")
     add_config_arguments(parser)
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--fps", type=float, default=10.0, help="publishing rate per camera")
     parser.add_argument("--seconds", type=float, default=30.0, help="publishing time per run")
     parser.add_argument("--scene", help="scene folder from `reidstream synth` (bench scene)")
+    parser.add_argument("--journal", help="linker journal from `bench scene` (bench linker)")
+    parser.add_argument("--tracks", help="track summaries from `bench scene` (bench linker)")
     parser.add_argument("--out", default="", help="JSON results (default runs/bench/TARGET.json)")
 
 
@@ -41,11 +47,15 @@ def run_bench(args: argparse.Namespace) -> int:
 
     cfg = load_cli_config(args)
     out = Path(args.out or f"runs/bench/{args.target}.json")
+    if args.target in ("scene", "linker") and not args.scene:
+        raise ValueError(f"bench {args.target} needs --scene DIR (from `reidstream synth`)")
+    if args.target == "linker":
+        if not (args.journal and args.tracks):
+            raise ValueError("bench linker needs --journal and --tracks (written by bench scene)")
+        return _write(out, _linker_replay(cfg, args.scene, args.journal, args.tracks))
     ensure_ray(cfg.pipeline.ray_address)
     if args.target == "scene":
-        if not args.scene:
-            raise ValueError("bench scene needs --scene DIR (make one with `reidstream synth`)")
-        return _write(out, _scene_run(cfg, args.scene))
+        return _write(out, _scene_run(cfg, args.scene, out))
     video = Assets.from_config(cfg.assets).asset("vtest.avi")
     results = []
     for n in args.cameras:
@@ -63,7 +73,7 @@ def _write(out: Path, results: Any) -> int:
     return 0
 
 
-def _scene_run(cfg: Any, scene: str) -> dict[str, Any]:
+def _scene_run(cfg: Any, scene: str, out: Path) -> dict[str, Any]:
     """Replay the scene through a fresh broker and pipeline, then score what came out."""
     from reidstream.ingest.broker import EmbeddedBroker
     from reidstream.ingest.kafka_io import ensure_topics
@@ -77,6 +87,9 @@ def _scene_run(cfg: Any, scene: str) -> dict[str, Any]:
     truth = SceneTruth.load(folder / manifest.truth)
     cfg.kafka.group_id = f"reidstream-scene-{uuid.uuid4().hex[:8]}"
     cfg.pipeline.idle_stop_seconds = 8.0
+    journal = Path(cfg.linker.journal or out.with_name(f"{out.stem}-journal.jsonl"))
+    journal.unlink(missing_ok=True)  # the journal appends; this run's queries only
+    cfg.linker.journal = str(journal.resolve())
     with EmbeddedBroker() as broker:
         cfg.kafka.bootstrap_servers = broker.bootstrap_servers
         ensure_topics(cfg.kafka, partitions=max(2, cfg.pipeline.num_workers))
@@ -89,15 +102,38 @@ def _scene_run(cfg: Any, scene: str) -> dict[str, Any]:
         finally:
             pipeline.shutdown()
         topics = read_topics(cfg.kafka, [cfg.kafka.events_topic, cfg.kafka.tracks_topic], 5.0)
-    inputs = collect(topics[cfg.kafka.events_topic], topics[cfg.kafka.tracks_topic])
+    summaries = topics[cfg.kafka.tracks_topic]
+    tracks = out.with_name(f"{out.stem}-tracks.jsonl")
+    tracks.write_text("".join(json.dumps(s) + "\n" for s in summaries))
+    inputs = collect(topics[cfg.kafka.events_topic], summaries)
     score = score_scene(truth, inputs)
     print(score.table(), flush=True)
+    print(f"bench: replay other linker settings with `reidstream bench linker --scene {scene} "
+          f"--journal {journal} --tracks {tracks} linker.threshold=...`", flush=True)
     return {
         "scene": str(folder),
         "model_version": model_version(cfg),
-        "linker_threshold": cfg.linker.threshold,
+        "linker": dataclasses.asdict(cfg.linker),
         "frames": stats.frames,
         "wall_seconds": round(time.monotonic() - started, 1),
+        "score": score.to_dict(),
+    }
+
+
+def _linker_replay(cfg: Any, scene: str, journal: str, tracks: str) -> dict[str, Any]:
+    """Score the scene as a linker with ``cfg.linker`` would have linked the recorded tracks."""
+    from reidstream.pipeline.journal import read_journal, replay
+    from reidstream.scenes.score import collect, read_jsonl, score_scene
+    from reidstream.scenes.truth import SceneTruth
+
+    truth = SceneTruth.load(scene)
+    replayed = replay(read_journal(journal), cfg.linker, cfg.gallery)
+    score = score_scene(truth, collect(replayed.events, replayed.relabel(read_jsonl(tracks))))
+    print(score.table(), flush=True)
+    return {
+        "scene": str(scene),
+        "journal": str(journal),
+        "linker": dataclasses.asdict(cfg.linker),
         "score": score.to_dict(),
     }
 

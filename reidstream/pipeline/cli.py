@@ -145,6 +145,7 @@ def _print_events(cfg: Any, stop: threading.Event) -> None:
                         continue
                     if seen.seen(event.event_id):
                         continue
-                    print(f"MATCH {format_event(event)}", flush=True)
+                    label = "MATCH" if event.kind == "match" else "RETRACT"
+                    print(f"{label} {format_event(event)}", flush=True)
     finally:
         consumer.close()

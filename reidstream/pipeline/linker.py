@@ -13,7 +13,17 @@ global identity of its most similar gallery track when
 
 Otherwise the track keeps a fresh identity of its own. A track that has been linked keeps its
 identity; one that has not is re-tried each time its embedding is refreshed, since more crops
-give a better embedding. The gallery is anything with ``add``, ``search`` and ``metadata``
+give a better embedding. A track seen for less than ``min_track_ms`` (a glimpse: a fragment
+the tracker split off, a passer-by at the edge) neither links nor is linked to until it grows.
+
+**Revising a link** (``revise``). An early wrong link takes an identity's place in a camera
+and so blocks the right person's track there (the identity already has someone on screen).
+When a track's similarity to an identity beats, by ``margin``, that of the track that joined it
+in this camera by a match, the newcomer takes the identity: the displaced track gets a fresh
+identity (a *retraction* of its match), is linked again at once if another identity takes it,
+and never returns to the identity it lost. A track that others linked to stays put.
+
+The gallery is anything with ``add``, ``search`` and ``metadata``
 (one :class:`~reidstream.gallery.GalleryShard` in tests, the sharded Ray gallery in the
 pipeline), so the rules here are tested without Ray.
 """
@@ -21,6 +31,7 @@ pipeline), so the rules here are tested without Ray.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,16 +67,25 @@ class TrackObservation:
 
 @dataclass(frozen=True)
 class LinkDecision:
+    """A track's identity after a query; with ``matched_*`` set, a link made or withdrawn."""
+
     camera: str
     track_id: int
     global_id: int
     matched_camera: str | None = None
     matched_track_id: int | None = None
     similarity: float = 0.0
+    retracted: bool = False  # the earlier match of this track with matched_* is withdrawn
+    observation: TrackObservation | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_match(self) -> bool:
         """True the first time a track is linked to a track in another camera or after a gap."""
+        return self.matched_camera is not None and not self.retracted
+
+    @property
+    def is_event(self) -> bool:
+        """A match or a retraction: something consumers of the events topic must hear."""
         return self.matched_camera is not None
 
 
@@ -76,6 +96,10 @@ class _TrackRecord:
     start_ms: int
     end_ms: int
     linked: bool = False
+    matched: tuple[str, int] | None = None  # the track it joined its identity through
+    similarity: float = 0.0  # ... and how alike they were
+    last: TrackObservation | None = None
+    lost: set[int] = field(default_factory=set)  # identities it was displaced from
 
 
 class Linker:
@@ -87,25 +111,45 @@ class Linker:
         self._tracks: dict[tuple[str, int], _TrackRecord] = {}
         self._by_gallery_id: dict[int, tuple[str, int]] = {}
         self._members: dict[int, set[tuple[str, int]]] = {}
+        self._link_targets: Counter[tuple[str, int]] = Counter()  # tracks others linked to
         self._next_gallery_id = itertools.count(1)
         self._next_global_id = itertools.count(1)
+        self._calls = 0
 
     def link(self, observations: list[TrackObservation]) -> list[LinkDecision]:
+        """One decision per observation, in order, then any revisions of other tracks' links
+        (retractions and the displaced tracks' new matches) that these caused."""
         if not observations:
             return []
         queries = np.stack([_normalise(o.embedding) for o in observations])
         sims, ids = self.gallery.search(queries, self.settings.top_k + 1)
-        decisions = []
+        decisions, revisions = [], []
         for obs, query, row_sims, row_ids in zip(observations, queries, sims, ids, strict=True):
-            decisions.append(self._link_one(obs, query, row_sims, row_ids))
-        return decisions
+            decisions.append(self._link_one(obs, query, row_sims, row_ids, revisions))
+        self._forget_old_observations(max(o.end_ms for o in observations))
+        return decisions + revisions
+
+    def _forget_old_observations(self, now_ms: int) -> None:
+        """Drop the kept embeddings of tracks too old to be displaced (memory stays bounded)."""
+        self._calls += 1
+        if self._calls % 256:
+            return
+        horizon = now_ms - 2 * self.settings.same_camera_gap_ms
+        for record in self._tracks.values():
+            if record.last is not None and record.end_ms < horizon:
+                record.last = None
 
     def global_id_of(self, camera: str, track_id: int) -> int | None:
         record = self._tracks.get((camera, track_id))
         return record.global_id if record else None
 
     def _link_one(
-        self, obs: TrackObservation, query: np.ndarray, sims: np.ndarray, ids: np.ndarray
+        self,
+        obs: TrackObservation,
+        query: np.ndarray,
+        sims: np.ndarray,
+        ids: np.ndarray,
+        revisions: list[LinkDecision],
     ) -> LinkDecision:
         record = self._tracks.get(obs.key)
         if record is None:
@@ -120,23 +164,39 @@ class Linker:
             self._members.setdefault(record.global_id, set()).add(obs.key)
         record.start_ms = min(record.start_ms, obs.start_ms)
         record.end_ms = max(record.end_ms, obs.end_ms)
+        record.last = obs
 
-        decision = LinkDecision(obs.camera, obs.track_id, record.global_id)
-        if not record.linked:
+        decision = LinkDecision(obs.camera, obs.track_id, record.global_id, observation=obs)
+        # A glimpse is too little of the person to link yet (nor is it a candidate, below).
+        if not record.linked and record.end_ms - record.start_ms >= self.settings.min_track_ms:
             best = self._best_candidate(obs, record, sims, ids)
             if best is not None:
-                similarity, (cam, tid) = best
+                similarity, (cam, tid), displaced = best
                 matched = self._tracks[(cam, tid)]
+                for key in displaced:
+                    revisions.append(self._detach(key))
                 # Shards are chosen by identity: drop the entry filed under the old one.
                 self.gallery.remove(np.array([record.gallery_id], dtype=np.int64))
                 self._merge(obs.key, matched.global_id)
                 record.linked = matched.linked = True
+                record.matched, record.similarity = (cam, tid), similarity
+                self._link_targets[(cam, tid)] += 1
                 decision = LinkDecision(
-                    obs.camera, obs.track_id, record.global_id, cam, tid, similarity
+                    obs.camera, obs.track_id, record.global_id, cam, tid, similarity,
+                    observation=obs,
                 )
+                self._file(record, obs, query)
+                for key in displaced:
+                    revisions.append(self._relink(key, revisions))
+                return decision
+        self._file(record, obs, query)
+        return decision
+
+    def _file(self, record: _TrackRecord, obs: TrackObservation, vector: np.ndarray) -> None:
+        """(Re)place the track's vector in the gallery under its current identity."""
         self.gallery.add(
             np.array([record.gallery_id], dtype=np.int64),
-            query[None, :],
+            vector[None, :],
             [
                 {
                     "global_id": record.global_id,
@@ -147,22 +207,53 @@ class Linker:
                 }
             ],
         )
-        return decision
+
+    def _detach(self, key: tuple[str, int]) -> LinkDecision:
+        """Withdraw a track's match: it leaves its identity for a fresh one of its own."""
+        record = self._tracks[key]
+        assert record.matched is not None and record.last is not None
+        self.gallery.remove(np.array([record.gallery_id], dtype=np.int64))
+        record.lost.add(record.global_id)
+        withdrawn, similarity = record.matched, record.similarity
+        self._link_targets[withdrawn] -= 1
+        self._merge(key, next(self._next_global_id))
+        record.linked, record.matched, record.similarity = False, None, 0.0
+        self._file(record, record.last, _normalise(record.last.embedding))
+        return LinkDecision(
+            key[0], key[1], record.global_id, *withdrawn, similarity,
+            retracted=True, observation=record.last,
+        )
+
+    def _relink(self, key: tuple[str, int], revisions: list[LinkDecision]) -> LinkDecision:
+        """A displaced track's next best identity, searched now: it may never be seen again."""
+        record = self._tracks[key]
+        assert record.last is not None
+        query = _normalise(record.last.embedding)
+        sims, ids = self.gallery.search(query[None, :], self.settings.top_k + 1)
+        return self._link_one(record.last, query, sims[0], ids[0], revisions)
 
     def _best_candidate(
         self, obs: TrackObservation, record: _TrackRecord, sims: np.ndarray, ids: np.ndarray
-    ) -> tuple[float, tuple[str, int]] | None:
-        """Best allowed candidate per identity, then threshold and margin on the top two."""
-        per_identity: dict[int, tuple[float, tuple[str, int]]] = {}
+    ) -> tuple[float, tuple[str, int], list[tuple[str, int]]] | None:
+        """Best allowed candidate per identity, then threshold and margin on the top two.
+
+        Returns the similarity, the matched track and the tracks the link would displace.
+        """
+        per_identity: dict[int, tuple[float, tuple[str, int], list[tuple[str, int]]]] = {}
         for sim, gid in zip(sims.tolist(), ids.tolist(), strict=True):
             key = self._by_gallery_id.get(gid)
             if gid < 0 or key is None or key == obs.key:
                 continue
             other = self._tracks[key]
-            if other.global_id == record.global_id or not self._allowed(obs, key, other):
+            if other.global_id == record.global_id or other.global_id in record.lost:
+                continue
+            if other.end_ms - other.start_ms < self.settings.min_track_ms:
+                continue
+            displaced = self._conflicts(obs, key, other, float(sim))
+            if displaced is None:
                 continue
             if other.global_id not in per_identity or sim > per_identity[other.global_id][0]:
-                per_identity[other.global_id] = (float(sim), key)
+                per_identity[other.global_id] = (float(sim), key, displaced)
         if not per_identity:
             return None
         ranked = sorted(per_identity.values(), key=lambda item: -item[0])
@@ -172,28 +263,44 @@ class Linker:
             return None
         return ranked[0]
 
-    def _allowed(self, obs: TrackObservation, key: tuple[str, int], other: _TrackRecord) -> bool:
+    def _conflicts(
+        self, obs: TrackObservation, key: tuple[str, int], other: _TrackRecord, sim: float
+    ) -> list[tuple[str, int]] | None:
+        """Tracks that linking ``obs`` to ``key``'s identity would displace; None: not allowed."""
         camera, _ = key
         gap_ms = self.settings.same_camera_gap_ms
-        if camera == obs.camera:
-            gap = max(obs.start_ms - other.end_ms, other.start_ms - obs.end_ms)
-            if gap < gap_ms:
-                return False
+        if camera == obs.camera and _gap(obs, other) < gap_ms:
+            return None
         # Joining an identity already seen in this camera is a re-entry: it needs the same gap
-        # from each of its tracks here (and so can never overlap one of them in time).
+        # from each of its tracks here (and so can never overlap one of them in time), unless
+        # the newcomer's claim beats the match that brought that track in.
+        displaced = []
         for member in self._members.get(other.global_id, ()):
             if member[0] != obs.camera or member == obs.key:
                 continue
             rec = self._tracks[member]
-            if max(obs.start_ms - rec.end_ms, rec.start_ms - obs.end_ms) < gap_ms:
-                return False
-        return True
+            if _gap(obs, rec) >= gap_ms:
+                continue
+            if not self._displaceable(member, rec, sim):
+                return None
+            displaced.append(member)
+        return displaced
+
+    def _displaceable(self, key: tuple[str, int], record: _TrackRecord, sim: float) -> bool:
+        return (
+            self.settings.revise
+            and record.matched is not None
+            and record.last is not None
+            and sim >= record.similarity + self.settings.margin
+            and self._link_targets[key] == 0
+        )
 
     def _merge(self, key: tuple[str, int], global_id: int) -> None:
         """Move a track under ``global_id``.
 
         Only unlinked tracks move, and an unlinked track is alone in its identity (whoever
-        linked to it would have marked it linked), so no other member is left behind.
+        linked to it would have marked it linked); so does a displaced track, which nobody
+        linked to (see ``_displaceable``). No other member is left behind.
         """
         record = self._tracks[key]
         old = record.global_id
@@ -202,6 +309,11 @@ class Linker:
             del self._members[old]
         record.global_id = global_id
         self._members.setdefault(global_id, set()).add(key)
+
+
+def _gap(obs: TrackObservation, record: _TrackRecord) -> int:
+    """Time between two tracks; negative when they overlap."""
+    return max(obs.start_ms - record.end_ms, record.start_ms - obs.end_ms)
 
 
 def _normalise(vector: np.ndarray) -> np.ndarray:

@@ -70,8 +70,15 @@ class LinkerStage:
 
         self.gallery = ShardedGallery.create(cfg.gallery, dim)
         self.linker = Linker(self.gallery, cfg.linker)
+        self.journal = None
+        if cfg.linker.journal:
+            from reidstream.pipeline.journal import LinkJournal
+
+            self.journal = LinkJournal(cfg.linker.journal)
 
     def link(self, observations: list) -> list:
+        if self.journal is not None:
+            self.journal.write(observations)
         return self.linker.link(observations)
 
     def global_ids(self, keys: list[tuple[str, int]]) -> list[int | None]:
@@ -251,13 +258,11 @@ class CameraWorker:
                 t.mark_embedded()
             with _timed(stats.seconds, "link"):
                 decisions = self._call(self.linker.link, observations)
-            by_key = {(t.camera, t.track_id): t for t in ready}
             for decision in decisions:
-                if decision.is_match:
-                    track = by_key[(decision.camera, decision.track_id)]
-                    events.append(self._event(track, decision))
-                    lat = _latency_ms(track.last_ts_ms)
-                    if lat is not None:
+                if decision.is_event:
+                    events.append(match_event(decision, self.model_version))
+                    lat = _latency_ms(decision.observation.end_ms)
+                    if lat is not None and decision.is_match:
                         stats.event_latency_ms.append(lat)
         if finished:
             keys = [(t.camera, t.track_id) for t in finished]
@@ -296,23 +301,6 @@ class CameraWorker:
         mean = np.mean([cache[c.frame_index] for c in track.crops], axis=0)
         return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
-    def _event(self, track: Any, decision: Any) -> Any:
-        from reidstream.ingest.wire import MatchEvent
-
-        return MatchEvent(
-            global_id=decision.global_id,
-            camera=track.camera,
-            track_id=track.track_id,
-            start_ms=track.first_ts_ms,
-            end_ms=track.last_ts_ms,
-            box=[float(v) for v in track.last_box],
-            best_crop=_crop_ref(track),
-            matched_camera=decision.matched_camera,
-            matched_track_id=decision.matched_track_id,
-            similarity=round(float(decision.similarity), 4),
-            model_version=self.model_version,
-        )
-
     def _tracker(self, camera: str) -> Any:
         from reidstream.tracking import CameraTracker
 
@@ -347,6 +335,27 @@ def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def match_event(decision: Any, model_version: str) -> Any:
+    """The events-topic record of a link decision (a match or a retraction)."""
+    from reidstream.ingest.wire import MatchEvent
+
+    obs = decision.observation
+    return MatchEvent(
+        global_id=decision.global_id,
+        camera=obs.camera,
+        track_id=obs.track_id,
+        start_ms=obs.start_ms,
+        end_ms=obs.end_ms,
+        box=list(obs.box),
+        best_crop=obs.best_crop,
+        matched_camera=decision.matched_camera,
+        matched_track_id=decision.matched_track_id,
+        similarity=round(float(decision.similarity), 4),
+        model_version=model_version,
+        kind="retract" if decision.retracted else "match",
+    )
 
 
 def _crop_ref(track: Any) -> dict[str, Any]:

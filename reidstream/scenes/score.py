@@ -9,7 +9,9 @@ Inputs are the records the pipeline puts on Kafka (``reidstream.ingest.wire``), 
   summaries of one track merge: the one with the latest ``end_ms`` gives the identity and
   span, boxes are united by timestamp.
 - match events (events topic): ``camera, track_id, global_id, start_ms, end_ms, box,
-  best_crop {camera, frame, ts_ms, box}, matched_camera, matched_track_id``.
+  best_crop {camera, frame, ts_ms, box}, matched_camera, matched_track_id`` and ``kind``: a
+  ``retract`` event withdraws the earlier match of the same two tracks, and from it on the
+  track's events (not its summaries) say its global id.
 
 **Clock.** A box that comes with its frame index (summary rows of six, best crops) is looked
 up in that truth frame: a scene video published from its first frame keeps the video's frame
@@ -88,6 +90,7 @@ class TrackRecord:
     described: bool = False  # False: only named as some event's matched track
     _id_end: int = -1  # end_ms of the record the global id came from
     _from_summary: bool = False
+    _revised: bool = False  # a retraction came: events, in order, give the global id
 
     def extend_span(self, start_ms: int, end_ms: int) -> None:
         if self.described:
@@ -164,8 +167,17 @@ class ScoreInputs:
             t.samples.setdefault(end, (None, _box(ev["box"])))
         matched = ev.get("matched_camera")
         if matched and ev.get("matched_track_id") is not None:
-            self.links.append(LinkClaim(camera, t.track_id, matched, int(ev["matched_track_id"])))
+            claim = LinkClaim(camera, t.track_id, matched, int(ev["matched_track_id"]))
+            if ev.get("kind", "match") == "retract":
+                # Withdrawn: the claim goes, and this track's identity is the event's from now
+                # on (its summary may have gone out before the retraction).
+                self.links = [c for c in self.links if c != claim]
+                t._revised = True
+            else:
+                self.links.append(claim)
             self.track(matched, int(ev["matched_track_id"]))  # known to exist, maybe no details
+        if t._revised:
+            t.global_id = _optional_int(ev.get("global_id"))
         self.num_events += 1
 
 
