@@ -113,7 +113,9 @@ def format_event(event) -> str:
     """One readable line per match event (or retraction: ``!=`` where a match has ``=``)."""
     when = dt.datetime.fromtimestamp(event.end_ms / 1000).strftime("%H:%M:%S.%f")[:-3]
     box = ",".join(f"{v:.0f}" for v in event.box)
-    relation = "=" if event.kind == "match" else "!= (withdrawn)"
+    from reidstream.ingest.wire import MATCH
+
+    relation = "=" if event.kind == MATCH else "!= (withdrawn)"
     return (
         f"{when}  person #{event.global_id}: {event.camera} track {event.track_id} {relation} "
         f"{event.matched_camera} track {event.matched_track_id}  "

@@ -247,7 +247,7 @@ def make_event_id(
     matched_camera: str,
     matched_track_id: int,
     model_version: str,
-    kind: str = "match",
+    kind: str = MATCH,
 ) -> str:
     """Same link, same id: a replay after a crash re-emits ids a consumer has already seen.
 

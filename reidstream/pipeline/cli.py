@@ -128,7 +128,7 @@ def _print_events(cfg: Any, stop: threading.Event) -> None:
     """Follow the events topic, as a user's consumer would, and print each match once."""
     from reidstream.ingest.cli import format_event
     from reidstream.ingest.kafka_io import RecentIds, make_consumer
-    from reidstream.ingest.wire import BadMessage, MatchEvent
+    from reidstream.ingest.wire import MATCH, BadMessage, MatchEvent
 
     kafka = cfg.kafka
     consumer = make_consumer(kafka, [kafka.events_topic], f"{kafka.group_id}-printer",
@@ -145,7 +145,7 @@ def _print_events(cfg: Any, stop: threading.Event) -> None:
                         continue
                     if seen.seen(event.event_id):
                         continue
-                    label = "MATCH" if event.kind == "match" else "RETRACT"
+                    label = "MATCH" if event.kind == MATCH else "RETRACT"
                     print(f"{label} {format_event(event)}", flush=True)
     finally:
         consumer.close()

@@ -127,9 +127,9 @@ def replay(
     out = Replay()
     for observations in batches:
         for decision in linker.link(observations):
-            out.global_ids[(decision.camera, decision.track_id)] = decision.global_id
             if decision.is_event:
                 out.events.append(match_event(decision, "replay").to_dict())
-    for key in out.global_ids:
-        out.global_ids[key] = linker.global_id_of(*key)
+    # Final identities: a later link or retraction may have moved a track seen earlier.
+    keys = {obs.key for observations in batches for obs in observations}
+    out.global_ids = {key: linker.global_id_of(*key) for key in keys}
     return out

@@ -339,7 +339,7 @@ def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
 
 def match_event(decision: Any, model_version: str) -> Any:
     """The events-topic record of a link decision (a match or a retraction)."""
-    from reidstream.ingest.wire import MatchEvent
+    from reidstream.ingest.wire import MATCH, RETRACT, MatchEvent
 
     obs = decision.observation
     return MatchEvent(
@@ -354,7 +354,7 @@ def match_event(decision: Any, model_version: str) -> Any:
         matched_track_id=decision.matched_track_id,
         similarity=round(float(decision.similarity), 4),
         model_version=model_version,
-        kind="retract" if decision.retracted else "match",
+        kind=RETRACT if decision.retracted else MATCH,
     )
 
 

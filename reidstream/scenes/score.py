@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from reidstream.ingest.wire import MATCH, RETRACT
 from reidstream.scenes.truth import SceneTruth, box_iou
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class ScoreInputs:
         matched = ev.get("matched_camera")
         if matched and ev.get("matched_track_id") is not None:
             claim = LinkClaim(camera, t.track_id, matched, int(ev["matched_track_id"]))
-            if ev.get("kind", "match") == "retract":
+            if ev.get("kind", MATCH) == RETRACT:
                 # Withdrawn: the claim goes, and this track's identity is the event's from now
                 # on (its summary may have gone out before the retraction).
                 self.links = [c for c in self.links if c != claim]
