@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -335,6 +336,51 @@ def test_a_rebalance_hands_cameras_over_and_resets_their_order_state(kafka_cfg, 
         assert min(item.frame_index for _, _, item in seen["b"]) == 0
         assert b.bad.total() == 0 and a.bad.total() == 0
     finally:
+        a.close()
+        b.close()
+
+
+def test_a_member_busy_between_polls_still_takes_its_new_assignment(kafka_cfg, vtest_frames):
+    """A join that finishes while the member works between polls is taken on the next poll.
+
+    Stock kafka-python 3.0.12 threw such a join away and sent a new one, which also finished
+    while the member worked, for ever (see reidstream.ingest.kafka_patches).
+    """
+    ensure_topics(kafka_cfg, partitions=2, topics=[kafka_cfg.frames_topic])
+    t0 = 1_700_000_000_000
+    records = [
+        frame_record(kafka_cfg.frames_topic, cam, vtest_frames[0][150:406, 300:428], t0, 0)
+        for cam in ["north", "south", "east", "west"]
+    ]
+    with SafeProducer(kafka_cfg) as producer:
+        assert producer.deliver(records, timeout_s=20)
+    a, b = FrameSource(kafka_cfg), FrameSource(kafka_cfg)
+    stop = threading.Event()
+    b_frames: list = []
+
+    def b_worker() -> None:  # another worker: its own thread, always polling
+        while not stop.is_set():
+            b_frames.extend(b.poll(timeout_ms=200))
+
+    try:
+        assert len(poll_until(a, len(records))) == len(records)
+        assert len(a.assignment()) == 2
+        thread = threading.Thread(target=b_worker, daemon=True)
+        thread.start()
+        rounds = 0
+        while rounds < 8 and len(a.assignment()) != 1:
+            a.poll(timeout_ms=20)  # a short poll, then "detection" for longer than a join takes
+            time.sleep(4.0)
+            rounds += 1
+        a.poll(timeout_ms=20)
+        stop.set()
+        thread.join(timeout=10)
+        assert len(a.assignment()) == 1 and len(b.assignment()) == 1, (rounds, a.assignment())
+        assert a.assignment() != b.assignment()
+        assert rounds <= 4
+        assert b_frames and all(isinstance(item, Frame) for _, _, item in b_frames)
+    finally:
+        stop.set()
         a.close()
         b.close()
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reidstream.config import ConfigError, KafkaConfig
+from reidstream.ingest.kafka_patches import keep_finished_joins
 from reidstream.ingest.wire import (
     DUPLICATE,
     OUT_OF_ORDER,
@@ -147,6 +148,7 @@ def make_consumer(
     from kafka import KafkaConsumer
 
     _warn_if_slow_crc()
+    keep_finished_joins()
     fetch = max(1 << 20, cfg.max_message_bytes + HEADER_ROOM)
     kw = kafka_client_kwargs(cfg)
     kw.update(
