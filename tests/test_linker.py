@@ -247,6 +247,43 @@ def test_a_stronger_claim_displaces_a_weaker_link(revise: bool) -> None:
     assert len(again) == 1 and linker.global_id_of("cam2", 5) == cam1[1].global_id
 
 
+def test_a_track_a_weaker_match_joined_through_gives_way() -> None:
+    """The wrong track came first and the right one's cam1 track linked to it: the right
+    cam2 track, on screen at the same time, takes the identity, and both ends retract."""
+    linker = _settings_linker(revise=True)
+    rng = np.random.default_rng(10)
+    p = _person(rng)
+    q = p + 0.9 * _person(rng)
+    q /= np.linalg.norm(q)
+    between = 0.6 * p + 0.4 * q
+    between /= np.linalg.norm(between)
+
+    early = linker.link([_obs("cam2", 5, between, 0, 2000)])[0]
+    p_cam1, q_cam1 = linker.link([_obs("cam1", 1, p, 3000, 5000), _obs("cam1", 2, q, 3000, 5000)])
+    assert p_cam1.is_match and (p_cam1.matched_camera, p_cam1.matched_track_id) == ("cam2", 5)
+    assert not q_cam1.is_match  # cam1/1 already holds that identity in cam1, more strongly
+    identity = early.global_id
+
+    decisions = linker.link([_obs("cam2", 6, p, 1000, 3000)])
+    right, matcher_retracts, displaced_retracts, relink = decisions
+    assert right.is_match and right.global_id == identity
+    assert (right.matched_camera, right.matched_track_id) == ("cam1", 1)
+    # The matching track withdraws its match as its event named it, and keeps the identity.
+    assert matcher_retracts.retracted and (matcher_retracts.camera, matcher_retracts.track_id) == (
+        "cam1", 1,
+    )
+    assert (matcher_retracts.matched_camera, matcher_retracts.matched_track_id) == ("cam2", 5)
+    assert matcher_retracts.global_id == identity
+    assert matcher_retracts.observation is not None and matcher_retracts.observation.track_id == 1
+    # The displaced track says so too, with its new identity, and is linked again at once.
+    assert displaced_retracts.retracted and displaced_retracts.track_id == 5
+    assert (displaced_retracts.matched_camera, displaced_retracts.matched_track_id) == ("cam1", 1)
+    assert displaced_retracts.global_id != identity
+    assert relink.is_match and relink.track_id == 5 and relink.matched_track_id == 2
+    assert linker.global_id_of("cam2", 5) == linker.global_id_of("cam1", 2) != identity
+    assert {linker.global_id_of("cam1", 1), linker.global_id_of("cam2", 6)} == {identity}
+
+
 def test_a_track_others_linked_to_is_not_displaced() -> None:
     linker = _settings_linker(revise=True)
     rng = np.random.default_rng(11)

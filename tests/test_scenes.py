@@ -196,6 +196,17 @@ def test_a_retraction_withdraws_its_link_and_sets_the_identity() -> None:
     s = scored(truth, t, [event(t["B1"], t["A1"]), wrong, withdrawn])
     assert (s.links.predicted, s.links.correct) == (1, 1) and s.links.recall == 0.5
     assert s.global_id_links.predicted == 1
+    # A3 linked to B2 and B2 was displaced: A3 withdraws its match, B2 announces its new
+    # identity with a retraction naming the pair its way round (which withdraws no claim).
+    t["A3"]["global_id"] = 3
+    a3_wrong = event(t["A3"], t["B2"])
+    a3_retracts = {**event(t["A3"], t["B2"], kind="retract"), "global_id": 3}
+    b2_retracts = {**event(t["B2"], t["A3"], kind="retract"), "global_id": 7}
+    s = scored(truth, t, [event(t["B1"], t["A1"]), a3_wrong, b2_retracts, relinked])
+    assert (s.links.predicted, s.links.correct) == (3, 2)  # A3's claim stands until it retracts
+    assert s.global_id_links.f1 == 1.0  # ... but B2's identity is the events' (2), not 3
+    s = scored(truth, t, [event(t["B1"], t["A1"]), a3_wrong, a3_retracts, b2_retracts, relinked])
+    assert (s.links.predicted, s.links.correct) == (2, 2) and s.links.f1 == 1.0
 
 
 def test_split_track_counts_its_link_once() -> None:

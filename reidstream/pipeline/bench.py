@@ -102,10 +102,14 @@ def _scene_run(cfg: Any, scene: str, out: Path) -> dict[str, Any]:
         finally:
             pipeline.shutdown()
         topics = read_topics(cfg.kafka, [cfg.kafka.events_topic, cfg.kafka.tracks_topic], 5.0)
-    summaries = topics[cfg.kafka.tracks_topic]
+    summaries, events = topics[cfg.kafka.tracks_topic], topics[cfg.kafka.events_topic]
     tracks = out.with_name(f"{out.stem}-tracks.jsonl")
     tracks.write_text("".join(json.dumps(s) + "\n" for s in summaries))
-    inputs = collect(topics[cfg.kafka.events_topic], summaries)
+    # Kept so the live result can be scored again (`reidstream score --events-file ...`).
+    out.with_name(f"{out.stem}-events.jsonl").write_text(
+        "".join(json.dumps(e) + "\n" for e in events)
+    )
+    inputs = collect(events, summaries)
     score = score_scene(truth, inputs)
     print(score.table(), flush=True)
     print(f"bench: replay other linker settings with `reidstream bench linker --scene {scene} "

@@ -18,10 +18,12 @@ the tracker split off, a passer-by at the edge) neither links nor is linked to u
 
 **Revising a link** (``revise``). An early wrong link takes an identity's place in a camera
 and so blocks the right person's track there (the identity already has someone on screen).
-When a track's similarity to an identity beats, by ``margin``, that of the track that joined it
-in this camera by a match, the newcomer takes the identity: the displaced track gets a fresh
-identity (a *retraction* of its match), is linked again at once if another identity takes it,
-and never returns to the identity it lost. A track that others linked to stays put.
+A track in the way gives way when a single link holds it in the identity (it joined through
+that link, or one track joined through it) and the newcomer's similarity beats that link's by
+``margin``: the newcomer takes the identity, the displaced track gets a fresh identity (a
+*retraction* of the link, from both ends when the other end made the match), is linked again
+at once if another identity takes it, and never returns to the identity it lost. A track held
+by several links stays put.
 
 The gallery is anything with ``add``, ``search`` and ``metadata``
 (one :class:`~reidstream.gallery.GalleryShard` in tests, the sharded Ray gallery in the
@@ -174,7 +176,7 @@ class Linker:
                 similarity, (cam, tid), displaced = best
                 matched = self._tracks[(cam, tid)]
                 for key in displaced:
-                    revisions.append(self._detach(key))
+                    revisions.extend(self._detach(key))
                 # Shards are chosen by identity: drop the entry filed under the old one.
                 self.gallery.remove(np.array([record.gallery_id], dtype=np.int64))
                 self._merge(obs.key, matched.global_id)
@@ -208,21 +210,41 @@ class Linker:
             ],
         )
 
-    def _detach(self, key: tuple[str, int]) -> LinkDecision:
-        """Withdraw a track's match: it leaves its identity for a fresh one of its own."""
+    def _detach(self, key: tuple[str, int]) -> list[LinkDecision]:
+        """Withdraw the one link holding a track in its identity: it leaves for a fresh one.
+
+        The retraction is the displaced track's, with its new identity. When the link was the
+        other track's match, that track also retracts it, naming the pair as its match event
+        did: keyed by the same camera, it reaches consumers after the match it withdraws.
+        """
         record = self._tracks[key]
-        assert record.matched is not None and record.last is not None
+        link = self._only_link(key, record)
+        assert link is not None and record.last is not None
+        other = self._tracks[link]
+        joined_through_link = record.matched is not None
+        matcher, target = (record, link) if joined_through_link else (other, key)
+        similarity = matcher.similarity
+        matcher.matched, matcher.similarity = None, 0.0
+        self._link_targets[target] -= 1
         self.gallery.remove(np.array([record.gallery_id], dtype=np.int64))
         record.lost.add(record.global_id)
-        withdrawn, similarity = record.matched, record.similarity
-        self._link_targets[withdrawn] -= 1
         self._merge(key, next(self._next_global_id))
-        record.linked, record.matched, record.similarity = False, None, 0.0
+        record.linked = False
+        other.linked = other.matched is not None or self._link_targets[link] > 0
         self._file(record, record.last, _normalise(record.last.embedding))
-        return LinkDecision(
-            key[0], key[1], record.global_id, *withdrawn, similarity,
-            retracted=True, observation=record.last,
-        )
+        out = [
+            LinkDecision(
+                *key, record.global_id, *link, similarity,
+                retracted=True, observation=record.last,
+            )
+        ]
+        if not joined_through_link:
+            assert other.last is not None
+            out.insert(0, LinkDecision(
+                *link, other.global_id, *key, similarity,
+                retracted=True, observation=other.last,
+            ))
+        return out
 
     def _relink(self, key: tuple[str, int], revisions: list[LinkDecision]) -> LinkDecision:
         """A displaced track's next best identity, searched now: it may never be seen again."""
@@ -287,12 +309,28 @@ class Linker:
         return displaced
 
     def _displaceable(self, key: tuple[str, int], record: _TrackRecord, sim: float) -> bool:
-        return (
-            self.settings.revise
-            and record.matched is not None
-            and record.last is not None
-            and sim >= record.similarity + self.settings.margin
-            and self._link_targets[key] == 0
+        """A track in the way may leave when one link holds it, weaker than ``sim`` by margin."""
+        if not self.settings.revise or record.last is None:
+            return False
+        link = self._only_link(key, record)
+        if link is None or self._tracks[link].last is None:
+            return False
+        held_by = record.similarity if record.matched is not None else self._tracks[link].similarity
+        return sim >= held_by + self.settings.margin
+
+    def _only_link(self, key: tuple[str, int], record: _TrackRecord) -> tuple[str, int] | None:
+        """The other end of the single link that holds a track in its identity, else None.
+
+        Either the track joined through it and nobody joined through the track, or the track
+        joined no one and exactly one track joined through it.
+        """
+        targets = self._link_targets[key]
+        if record.matched is not None:
+            return record.matched if targets == 0 else None
+        if targets != 1:
+            return None
+        return next(
+            (m for m in self._members[record.global_id] if self._tracks[m].matched == key), None
         )
 
     def _merge(self, key: tuple[str, int], global_id: int) -> None:
