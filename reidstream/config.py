@@ -72,6 +72,9 @@ class DataConfig:
     flip_prob: float
     pad: int
     erase_prob: float
+    degrade_prob: float
+    degrade_min_height: int
+    degrade_jpeg_quality: list[int]
     mean: list[float]
     std: list[float]
 
@@ -206,6 +209,7 @@ class LinkerConfig:
 @dataclass
 class TrainConfig:
     address: str
+    init_checkpoint: str
     workers: int
     device: str
     cpus_per_worker: float

@@ -197,6 +197,37 @@ def test_flip_and_erasing_do_what_they_say(data_dir: Path):
     assert any(not torch.allclose(s, plain) for s in shifted)  # pad + random crop moves it
 
 
+def test_degrade_shrinks_and_compresses_like_a_far_camera(data_dir: Path):
+    import random
+
+    from PIL import Image
+
+    from reidstream.data.transforms import RandomDegrade, build_train_transform, load_image
+
+    img = load_image(next((data_dir / "cuhk03-labeled" / "query").iterdir()))
+    random.seed(0)
+    always = RandomDegrade(1.0, 64, [30, 60])
+    outs = [always(img) for _ in range(12)]
+    heights = {o.size[1] for o in outs}
+    assert all(o.mode == "RGB" and 64 <= o.size[1] < img.size[1] for o in outs)
+    assert len(heights) > 3  # a random height each time
+    for out in outs[:3]:  # the aspect ratio is kept
+        assert abs(out.size[0] / out.size[1] - img.size[0] / img.size[1]) < 0.05
+    # Compression, not only scaling: the result differs from a clean resize of the same size.
+    out = outs[0]
+    clean = np.asarray(img.resize(out.size, Image.BILINEAR), np.float32)
+    assert np.abs(np.asarray(out, np.float32) - clean).mean() > 0.5
+    # A tiny image is only compressed; p=0 leaves the image alone.
+    tiny = img.resize((20, 40))
+    assert always(tiny).size == (20, 40)
+    assert RandomDegrade(0.0, 64, [30, 60])(img) is img
+    for bad in [(1.5, 64, [30, 60]), (0.5, 4, [30, 60]), (0.5, 64, [60, 30]), (0.5, 64, [0, 9])]:
+        with pytest.raises(ValueError, match="degrade needs"):
+            RandomDegrade(*bad)
+    cfg = load_config(overrides=["data.degrade_prob=1.0", "data.erase_prob=0"]).data
+    assert build_train_transform(cfg, 256, 128)(img).shape == (3, 256, 128)
+
+
 def test_image_dataset_and_pk_loader_on_real_images(data_dir: Path):
     from reidstream.data.transforms import ImageDataset, build_train_transform
 

@@ -415,6 +415,33 @@ def test_shipped_configs_take_a_training_step(name, assets_dir, data_dir, tmp_pa
     assert base.train.name and base.train.epochs > 0
 
 
+def test_init_checkpoint_starts_from_trained_weights(assets, tmp_path):
+    """train.init_checkpoint loads every weight of a fitting checkpoint and refuses a misfit."""
+    from reidstream.models import build_model, save_checkpoint
+    from reidstream.training.loop import init_from_checkpoint
+
+    cfg = load_config(
+        overrides={"model.name": "transreid", "model.depth": 1, "model.jpm": False,
+                   "model.pretrained": "", "model.num_classes": 5, "model.num_cameras": 2}
+    )
+    torch.manual_seed(0)
+    trained = build_model(cfg.model)
+    path = save_checkpoint(tmp_path / "trained.pt", trained, ["c1", "c2"], {})
+    torch.manual_seed(1)
+    fresh = build_model(cfg.model)
+    assert not all(torch.equal(a, b) for a, b in
+                   zip(fresh.state_dict().values(), trained.state_dict().values(), strict=True))
+    init_from_checkpoint(fresh, str(path), assets)
+    want = trained.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in fresh.state_dict().items())
+    # More identities than the checkpoint was trained on: the classifier does not fit.
+    other = build_model(dataclasses.replace(cfg.model, num_classes=7))
+    with pytest.raises(ValueError, match="does not fit.*classifier"):
+        init_from_checkpoint(other, str(path), assets)
+    with pytest.raises(FileNotFoundError):
+        init_from_checkpoint(fresh, str(tmp_path / "missing.pt"), assets)
+
+
 def test_ablation_variants_are_valid_configs():
     """bench/ablations.py's variants load (config + overrides) and differ where they say."""
     import importlib.util

@@ -146,7 +146,31 @@ def build_run_model(cfg: Config, data: TrainData, assets: Assets):
         num_classes=data.num_classes,
         num_cameras=data.num_cameras if cfg.model.sie else 0,
     )
-    return build_model(model_cfg, assets)
+    model = build_model(model_cfg, assets)
+    if cfg.train.init_checkpoint:
+        init_from_checkpoint(model, cfg.train.init_checkpoint, assets)
+    return model
+
+
+def init_from_checkpoint(model: torch.nn.Module, name: str, assets: Assets) -> None:
+    """Start from a trained checkpoint's weights (fine-tuning). Every weight must fit: a model
+    or class count that differs is an error, not a silently half-loaded network."""
+    from reidstream.models import load_checkpoint
+
+    path = Path(name) if Path(name).is_file() else assets.asset(name)
+    loaded = load_checkpoint(path).model.state_dict()
+    own = model.state_dict()
+    misfits = sorted(
+        k for k in own.keys() | loaded.keys()
+        if k not in own or k not in loaded or own[k].shape != loaded[k].shape
+    )
+    if misfits:
+        raise ValueError(
+            f"train.init_checkpoint {path} does not fit model.* and the training data: "
+            f"{len(misfits)} weights differ in name or shape, e.g. {misfits[:4]}"
+        )
+    model.load_state_dict(loaded, strict=True)
+    log.info("weights initialised from %s", path)
 
 
 def build_loader(cfg: Config, data: TrainData, objective: str, rank: Rank):
