@@ -203,6 +203,7 @@ class LinkerConfig:
     same_camera_gap_ms: int
     min_track_ms: int
     revise: bool
+    forget_after_ms: int
     journal: str
 
 

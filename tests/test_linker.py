@@ -18,7 +18,7 @@ def _linker(margin: float = 0.02) -> Linker:
     cfg = load_config(overrides={"gallery.index": "flat", "gallery.use_gpu": False})
     settings = LinkerConfig(
         threshold=0.8, margin=margin, top_k=10, same_camera_gap_ms=5000, min_track_ms=0,
-        revise=False, journal="",
+        revise=False, forget_after_ms=0, journal="",
     )
     return Linker(GalleryShard(cfg.gallery, DIM), settings)
 
@@ -309,3 +309,23 @@ def test_old_tracks_drop_their_kept_embedding() -> None:
         linker.link([_obs("cam2", 100 + i, _person(rng), 60_000 + i, 61_000 + i)])
     assert linker._tracks[("cam1", 1)].last is None
     assert linker._tracks[("cam2", 354)].last is not None
+
+
+def test_identities_unseen_for_forget_after_ms_are_dropped() -> None:
+    linker = _settings_linker(revise=True, forget_after_ms=20_000)
+    rng = np.random.default_rng(13)
+    p = _person(rng)
+    old_cam1 = linker.link([_obs("cam1", 1, p, 0, 2000)])[0]
+    old_cam2 = linker.link([_obs("cam2", 2, _view(p, rng), 3000, 5000)])[0]
+    assert old_cam2.is_match and old_cam2.global_id == old_cam1.global_id
+    before = len(linker.gallery)
+    for i in range(253):  # calls 3-255; the 256th sweeps. p's identity ended long before
+        linker.link([_obs("cam2", 100 + i, _person(rng), 60_000 + i, 61_000 + i)])
+    assert linker.global_id_of("cam1", 1) is not None
+    linker.link([_obs("cam3", 999, _person(rng), 70_000, 71_000)])  # call 256
+    assert linker.global_id_of("cam1", 1) is None and linker.global_id_of("cam2", 2) is None
+    assert linker.global_id_of("cam2", 352) is not None  # recent ones stay
+    assert len(linker.gallery) == before + 254 - 2  # their vectors left the gallery too
+    # p seen again: a new identity (the old one is gone), and nothing refers to the old tracks.
+    back = linker.link([_obs("cam1", 7, p, 90_000, 92_000)])[0]
+    assert not back.is_match and back.global_id != old_cam1.global_id

@@ -25,6 +25,9 @@ that link, or one track joined through it) and the newcomer's similarity beats t
 at once if another identity takes it, and never returns to the identity it lost. A track held
 by several links stays put.
 
+**Memory.** An identity none of whose tracks was seen for ``forget_after_ms`` is forgotten,
+its gallery vectors with it: a person back after that gets a new identity.
+
 The gallery is anything with ``add``, ``search`` and ``metadata``
 (one :class:`~reidstream.gallery.GalleryShard` in tests, the sharded Ray gallery in the
 pipeline), so the rules here are tested without Ray.
@@ -132,7 +135,8 @@ class Linker:
         return decisions + revisions
 
     def _forget_old_observations(self, now_ms: int) -> None:
-        """Drop the kept embeddings of tracks too old to be displaced (memory stays bounded)."""
+        """Every 256 calls: drop the kept embeddings of tracks too old to be displaced, and
+        whole identities unseen for ``forget_after_ms`` (so memory stays bounded)."""
         self._calls += 1
         if self._calls % 256:
             return
@@ -140,6 +144,24 @@ class Linker:
         for record in self._tracks.values():
             if record.last is not None and record.end_ms < horizon:
                 record.last = None
+        if self.settings.forget_after_ms > 0:
+            self._forget_identities(now_ms - self.settings.forget_after_ms)
+
+    def _forget_identities(self, horizon_ms: int) -> None:
+        """Forget every identity whose tracks all ended before ``horizon_ms``. Links only join
+        tracks of one identity, so no remaining track refers to a forgotten one."""
+        gone: list[int] = []
+        for global_id, members in list(self._members.items()):
+            if any(self._tracks[key].end_ms >= horizon_ms for key in members):
+                continue
+            for key in members:
+                record = self._tracks.pop(key)
+                del self._by_gallery_id[record.gallery_id]
+                self._link_targets.pop(key, None)
+                gone.append(record.gallery_id)
+            del self._members[global_id]
+        if gone:
+            self.gallery.remove(np.array(gone, dtype=np.int64))
 
     def global_id_of(self, camera: str, track_id: int) -> int | None:
         record = self._tracks.get((camera, track_id))
