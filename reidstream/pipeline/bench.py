@@ -80,7 +80,7 @@ def _scene_run(cfg: Any, scene: str, out: Path) -> dict[str, Any]:
     from reidstream.pipeline.runner import Pipeline
     from reidstream.pipeline.stages import model_version
     from reidstream.scenes.replay import publish_scene
-    from reidstream.scenes.score import collect, read_topics, score_scene
+    from reidstream.scenes.score import collect, read_topics, score_scene, write_jsonl
     from reidstream.scenes.truth import SceneTruth, load_manifest
 
     manifest, folder = load_manifest(scene)
@@ -103,12 +103,9 @@ def _scene_run(cfg: Any, scene: str, out: Path) -> dict[str, Any]:
             pipeline.shutdown()
         topics = read_topics(cfg.kafka, [cfg.kafka.events_topic, cfg.kafka.tracks_topic], 5.0)
     summaries, events = topics[cfg.kafka.tracks_topic], topics[cfg.kafka.events_topic]
-    tracks = out.with_name(f"{out.stem}-tracks.jsonl")
-    tracks.write_text("".join(json.dumps(s) + "\n" for s in summaries))
+    tracks = write_jsonl(out.with_name(f"{out.stem}-tracks.jsonl"), summaries)
     # Kept so the live result can be scored again (`reidstream score --events-file ...`).
-    out.with_name(f"{out.stem}-events.jsonl").write_text(
-        "".join(json.dumps(e) + "\n" for e in events)
-    )
+    write_jsonl(out.with_name(f"{out.stem}-events.jsonl"), events)
     inputs = collect(events, summaries)
     score = score_scene(truth, inputs)
     print(score.table(), flush=True)

@@ -243,29 +243,27 @@ class Linker:
         link = self._only_link(key, record)
         assert link is not None and record.last is not None
         other = self._tracks[link]
-        joined_through_link = record.matched is not None
-        matcher, target = (record, link) if joined_through_link else (other, key)
+        matcher = self._matcher(record, link)
         similarity = matcher.similarity
         matcher.matched, matcher.similarity = None, 0.0
-        self._link_targets[target] -= 1
+        self._link_targets[link if matcher is record else key] -= 1
         self.gallery.remove(np.array([record.gallery_id], dtype=np.int64))
         record.lost.add(record.global_id)
         self._merge(key, next(self._next_global_id))
         record.linked = False
         other.linked = other.matched is not None or self._link_targets[link] > 0
         self._file(record, record.last, _normalise(record.last.embedding))
-        out = [
-            LinkDecision(
-                *key, record.global_id, *link, similarity,
-                retracted=True, observation=record.last,
-            )
-        ]
-        if not joined_through_link:
+        out = []
+        if matcher is other:
             assert other.last is not None
-            out.insert(0, LinkDecision(
+            out.append(LinkDecision(
                 *link, other.global_id, *key, similarity,
                 retracted=True, observation=other.last,
             ))
+        out.append(LinkDecision(
+            *key, record.global_id, *link, similarity,
+            retracted=True, observation=record.last,
+        ))
         return out
 
     def _relink(self, key: tuple[str, int], revisions: list[LinkDecision]) -> LinkDecision:
@@ -337,8 +335,11 @@ class Linker:
         link = self._only_link(key, record)
         if link is None or self._tracks[link].last is None:
             return False
-        held_by = record.similarity if record.matched is not None else self._tracks[link].similarity
-        return sim >= held_by + self.settings.margin
+        return sim >= self._matcher(record, link).similarity + self.settings.margin
+
+    def _matcher(self, record: _TrackRecord, link: tuple[str, int]) -> _TrackRecord:
+        """The end of a track's single link that made the match (and holds its similarity)."""
+        return record if record.matched is not None else self._tracks[link]
 
     def _only_link(self, key: tuple[str, int], record: _TrackRecord) -> tuple[str, int] | None:
         """The other end of the single link that holds a track in its identity, else None.

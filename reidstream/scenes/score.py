@@ -211,6 +211,13 @@ def collect(
     return inputs
 
 
+def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """One JSON object a line: what :func:`read_jsonl` reads back."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """One JSON object a line (blank lines skipped); a bad line is an error naming its number."""
     rows = []

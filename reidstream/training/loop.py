@@ -157,7 +157,7 @@ def init_from_checkpoint(model: torch.nn.Module, name: str, assets: Assets) -> N
     or class count that differs is an error, not a silently half-loaded network."""
     from reidstream.models import load_checkpoint
 
-    path = Path(name) if Path(name).is_file() else assets.asset(name)
+    path = assets.asset(name)  # a shipped or asset name, or a path
     loaded = load_checkpoint(path).model.state_dict()
     own = model.state_dict()
     misfits = sorted(
