@@ -20,6 +20,8 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "False")
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("reidstream.pipeline.cli", "run_demo", "the whole system on the bundled video"),
     "run": ("reidstream.pipeline.cli", "run_pipeline", "run the streaming pipeline on Ray"),
+    "rollout": ("reidstream.pipeline.cli", "run_rollout",
+                "roll a new embedder out to a running pipeline"),
     "bench": ("reidstream.pipeline.bench", "run_bench", "measure the pipeline end to end"),
     "eval": ("reidstream.evaluation.cli", "run_eval", "evaluate a re-id model on a dataset"),
     "config": ("reidstream.cli", "show_config", "print the merged configuration as YAML"),
@@ -29,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("reidstream.training.cli", "run_train", "train a re-id model as a Ray Train job"),
     "synth": ("reidstream.scenes.synth", "run_synth", "render a multi-camera scene with truth"),
     "score": ("reidstream.scenes.score", "run_score", "score tracks and match events on a scene"),
+    "harvest": ("reidstream.adaptation.cli", "run_harvest", "inspect harvested track crops"),
+    "calibrate": ("reidstream.adaptation.cli", "run_calibrate",
+                  "calibrate a checkpoint for a site from its harvest"),
 }
 
 

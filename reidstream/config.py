@@ -57,11 +57,13 @@ class ModelConfig:
     depth: int
     last_stride: int
     hybrid_blocks: int
+    patches: int
 
 
 @dataclass
 class DataConfig:
     dataset: str
+    target: str
     layout: str
     train_split: str
     query_split: str
@@ -108,6 +110,7 @@ class EmbedConfig:
     unknown_camera: str
     camera_aliases: dict[str, str]
     flip: bool
+    site_calibration: bool
 
 
 @dataclass
@@ -140,6 +143,42 @@ class KafkaConfig:
     linger_ms: int
     idempotent_producer: bool
     jpeg_quality: int
+
+
+@dataclass
+class SpclConfig:
+    mode: str
+    temperature: float
+    momentum: float
+    k1: int
+    k2: int
+    eps: float
+    eps_gap: float
+    min_samples: int
+    reliability: bool
+    reliable_quantile: float
+    must_link: bool
+    cannot_link: bool
+    camera_centre: bool
+
+
+@dataclass
+class PaulConfig:
+    temperature: float
+    neighbours: int
+    margin: float
+    momentum: float
+    pedal_weight: float
+    ipfl_weight: float
+
+
+@dataclass
+class CalibrationConfig:
+    enabled: bool
+    camera_centre: bool
+    impostor_quantile: float
+    margin_std: float
+    min_pairs: int
 
 
 @dataclass
@@ -205,6 +244,8 @@ class LinkerConfig:
     revise: bool
     forget_after_ms: int
     journal: str
+    keep_crops: int
+    site_calibration: bool
 
 
 @dataclass
@@ -281,12 +322,27 @@ class ScenesConfig:
     crop_period_frames: int
     feather: float
     noise_std: float
+    style: str
+    camera_styles: list[dict[str, Any]]
+    pool: list[int]
     out_dir: str
     iou_threshold: float
     min_visibility: float
     time_offset_ms: int
     auto_time_offset: bool
     kafka_idle_s: float
+
+
+@dataclass
+class HarvestConfig:
+    dir: str
+    max_bytes: int
+    rows_per_shard: int
+    flush_seconds: float
+    min_track_ms: int
+    min_crops: int
+    min_quality: float
+    jpeg_quality: int
 
 
 @dataclass
@@ -319,9 +375,13 @@ class Config:
     detection: DetectionConfig
     tracking: TrackingConfig
     train: TrainConfig
+    spcl: SpclConfig
+    paul: PaulConfig
+    calibration: CalibrationConfig
     pipeline: PipelineConfig
     linker: LinkerConfig
     scenes: ScenesConfig
+    harvest: HarvestConfig
     gallery: GalleryConfig
 
     def to_dict(self) -> dict[str, Any]:

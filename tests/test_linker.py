@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from reidstream.config import LinkerConfig, load_config
+from reidstream.config import load_config
 from reidstream.gallery import GalleryShard
 from reidstream.pipeline.linker import Linker, TrackObservation
 
@@ -16,9 +16,9 @@ DIM = 32
 
 def _linker(margin: float = 0.02) -> Linker:
     cfg = load_config(overrides={"gallery.index": "flat", "gallery.use_gpu": False})
-    settings = LinkerConfig(
-        threshold=0.8, margin=margin, top_k=10, same_camera_gap_ms=5000, min_track_ms=0,
-        revise=False, forget_after_ms=0, journal="",
+    settings = dataclasses.replace(
+        cfg.linker, threshold=0.8, margin=margin, top_k=10, same_camera_gap_ms=5000,
+        min_track_ms=0, revise=False, forget_after_ms=0, journal="",
     )
     return Linker(GalleryShard(cfg.gallery, DIM), settings)
 
@@ -329,3 +329,53 @@ def test_identities_unseen_for_forget_after_ms_are_dropped() -> None:
     # p seen again: a new identity (the old one is gone), and nothing refers to the old tracks.
     back = linker.link([_obs("cam1", 7, p, 90_000, 92_000)])[0]
     assert not back.is_match and back.global_id != old_cam1.global_id
+
+
+def _jpeg(colour: tuple[int, int, int]) -> bytes:
+    import cv2
+
+    image = np.zeros((32, 16, 3), np.uint8)
+    image[:] = colour
+    ok, buf = cv2.imencode(".jpg", image)
+    assert ok
+    return buf.tobytes()
+
+
+def test_rollout_re_embeds_stored_crops_into_a_new_gallery_generation() -> None:
+    """After a roll-out the gallery holds only the new model's vectors, made from the tracks'
+    stored crops, at the new width; a query of the old model is refused, a track that kept
+    no crops can no longer be matched."""
+    rng = np.random.default_rng(3)
+    linker = _linker()
+    alice = _person(rng)
+    crops = {"cam1": [_jpeg((200, 0, 0))], "cam2": [_jpeg((0, 0, 200))]}
+    first = dataclasses.replace(_obs("cam1", 1, _view(alice, rng), 0, 1000), crops=crops["cam1"],
+                                model_version="v1")
+    linker.link([first])
+    no_crops = dataclasses.replace(_obs("cam1", 2, _view(_person(rng), rng), 0, 1000),
+                                   model_version="v1")
+    linker.link([no_crops])
+    assert linker.versions() == {"model_version": "v1", "filed": 2, "tracks": 2}
+
+    new_dim = 8
+    seen = []
+
+    def embed(images, cameras):  # the "new model": an embedding of the crop's colour
+        seen.extend(cameras)
+        out = np.stack([np.resize(img.reshape(-1, 3).mean(0), new_dim) for img in images])
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+    cfg = load_config(overrides={"gallery.index": "flat", "gallery.use_gpu": False})
+    result = linker.rollout(embed, "v2", GalleryShard(cfg.gallery, new_dim))
+    assert result == {"tracks": 2, "re_embedded": 1, "crops": 1}
+    assert seen == ["cam1"]
+    assert linker.versions() == {"model_version": "v2", "filed": 1, "tracks": 2}
+    assert linker.gallery.metadata(np.array([1]))[0]["model_version"] == "v2"
+    with pytest.raises(ValueError, match="refusing to compare"):
+        linker.link([dataclasses.replace(_obs("cam2", 9, _view(alice, rng), 3000, 4000),
+                                         model_version="v1")])
+    # a new-model query of the same crop colour finds track 1, never the crop-less track 2
+    query = embed([np.full((4, 4, 3), (200, 0, 0), np.uint8)], ["cam2"])[0]
+    decision = linker.link([dataclasses.replace(_obs("cam2", 9, query, 3000, 4000),
+                                                model_version="v2")])[0]
+    assert decision.is_match and decision.matched_track_id == 1

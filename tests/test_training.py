@@ -232,7 +232,7 @@ def test_dimn_episode_step_updates_memory_bank(assets_dir, data_dir, tmp_path):
     data = load_train_data(cfg, assets)
     assert data.num_classes == 12
     model = build_run_model(cfg, data, assets)
-    objective = build_objective(model, cfg.train)
+    objective = build_objective(model, cfg)
     assert isinstance(objective, EpisodicObjective)
     sampler, loader = build_loader(cfg, data, "episodic", Rank(0, 1, torch.device("cpu")))
     assert isinstance(sampler, EpisodeBatchSampler)
@@ -394,7 +394,7 @@ def test_shipped_configs_take_a_training_step(name, assets_dir, data_dir, tmp_pa
     assets = Assets.from_config(cfg.assets)
     data = load_train_data(cfg, assets)
     model = build_run_model(cfg, data, assets)
-    objective = build_objective(model, cfg.train)
+    objective = build_objective(model, cfg)
     _, loader = build_loader(cfg, data, objective_name(cfg.train, cfg.model.name),
                              Rank(0, 1, torch.device("cpu")))
     optimizer = build_optimizer(param_groups(objective, cfg.train,

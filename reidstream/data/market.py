@@ -27,14 +27,26 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _NAME = re.compile(r"^(-?\d+)_c(\d+)(?:s\d+)?_")
 
 
+UNLABELLED = -1  # pid of a target-domain image (site adaptation: labels unknown)
+
+
 @dataclass(frozen=True)
 class ImageRecord:
-    """One labelled image. ``camid`` is 0-based (``c1`` in a file name is camera 0)."""
+    """One image. ``camid`` is 0-based (``c1`` in a file name is camera 0).
+
+    Images harvested from the pipeline carry their JPEG bytes in ``data`` (``path`` then
+    names the shard and row, for messages) and what the site knows for free: ``track``, a
+    unit id shared by the crops of one track (-1: none), and the track's time span.
+    """
 
     path: Path
     pid: int
     camid: int
     domain: int = 0  # index of the source dataset when several are combined
+    data: bytes | None = field(default=None, repr=False, compare=False)
+    track: int = -1
+    start_ms: int = 0
+    end_ms: int = 0
 
 
 def parse_market_name(name: str) -> tuple[int, int] | None:

@@ -55,6 +55,10 @@ class PKBatchSampler(Sampler[list[int]]):
         self.k = images_per_id
         self.seed = seed
         self.epoch = 0
+        self.relabel(pids)
+
+    def relabel(self, pids: Sequence[int]) -> None:
+        """New labels for the same samples (pseudo-labels re-clustered each epoch)."""
         by_pid: dict[int, list[int]] = defaultdict(list)
         for index, pid in enumerate(pids):
             by_pid[int(pid)].append(index)
@@ -103,3 +107,81 @@ class PKBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._schedule())
+
+
+class ConcatBatchSampler(Sampler[list[int]]):
+    """Each step, one batch from every sampler, concatenated: a source batch and a target
+    batch in domain adaptation. ``offsets[i]`` shifts sampler i's indices into the combined
+    dataset. The last sampler sets the epoch's length; the others restart as they run out,
+    each restart with a new epoch number so it reshuffles."""
+
+    def __init__(self, samplers: Sequence, offsets: Sequence[int]) -> None:
+        if not samplers or len(samplers) != len(offsets):
+            raise ValueError("ConcatBatchSampler needs one offset per sampler")
+        self.samplers = list(samplers)
+        self.offsets = [int(o) for o in offsets]
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        for s in self.samplers:
+            s.set_epoch(epoch)
+
+    def relabel(self, pids: Sequence[int]) -> None:
+        """New labels for the last sampler's samples (the target domain)."""
+        self.samplers[-1].relabel(pids)
+
+    def __len__(self) -> int:
+        return len(self.samplers[-1])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        iters = [iter(s) for s in self.samplers]
+        restarts = [0] * len(self.samplers)
+        for last in iters[-1]:
+            batch: list[int] = []
+            for i, it in enumerate(iters[:-1]):
+                part = next(it, None)
+                if part is None:  # this sampler's epoch ran out first: reshuffle and go on
+                    restarts[i] += 1
+                    self.samplers[i].set_epoch(self.epoch * 1000 + restarts[i])
+                    iters[i] = iter(self.samplers[i])
+                    part = next(iters[i])
+                batch += [j + self.offsets[i] for j in part]
+            yield batch + [j + self.offsets[-1] for j in last]
+
+
+class CycledBatchSampler(Sampler[list[int]]):
+    """Exactly ``steps`` batches per epoch from a sampler whose own length varies (one built
+    on pseudo-labels that change every epoch): it restarts the sampler as needed, with a new
+    epoch number each time. Every rank takes the same number of steps."""
+
+    def __init__(self, sampler, steps: int) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.sampler = sampler
+        self.steps = steps
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def relabel(self, pids: Sequence[int]) -> None:
+        self.sampler.relabel(pids)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        done, round_ = 0, 0
+        while done < self.steps:
+            self.sampler.set_epoch(self.epoch * 1000 + round_)
+            round_ += 1
+            produced = 0
+            for batch in self.sampler:
+                yield batch
+                produced += 1
+                done += 1
+                if done == self.steps:
+                    return
+            if produced == 0:
+                raise ValueError("the wrapped sampler yields no batch")

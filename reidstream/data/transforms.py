@@ -27,9 +27,11 @@ from reidstream.data.market import ImageRecord
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image (grey and RGBA files are converted, so every sample has 3 channels)."""
-    with Image.open(path) as img:
+def load_image(path: str | Path | bytes) -> Image.Image:
+    """An RGB PIL image from a file or encoded bytes (grey and RGBA are converted, so every
+    sample has 3 channels)."""
+    source = io.BytesIO(path) if isinstance(path, bytes) else path
+    with Image.open(source) as img:
         return img.convert("RGB")
 
 
@@ -97,7 +99,8 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
         rec = self.records[index]
-        return self.transform(load_image(rec.path)), rec.pid, rec.camid, index
+        image = load_image(rec.data if rec.data is not None else rec.path)
+        return self.transform(image), rec.pid, rec.camid, index
 
     @property
     def pids(self) -> list[int]:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from reidstream.data.market import JUNK_PID
+from reidstream.vectors import l2_normalize
 
 # Queries per chunk so the [chunk, G] working arrays stay around 100 MB on large galleries.
 _CHUNK_ELEMENTS = 4_000_000
@@ -63,15 +64,11 @@ def compute_distance(q_feats: Any, g_feats: Any, metric: str = "cosine") -> np.n
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise ValueError(f"features must be [Q, D] and [G, D], got {q.shape} and {g.shape}")
     if metric == "cosine":
-        return (1.0 - _l2_normalise(q) @ _l2_normalise(g).T).astype(np.float32)
+        return (1.0 - l2_normalize(q) @ l2_normalize(g).T).astype(np.float32)
     if metric == "euclidean":
         sq = (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2.0 * (q @ g.T)
         return np.sqrt(np.maximum(sq, 0.0)).astype(np.float32)
     raise ValueError(f"unknown metric {metric!r}; use 'cosine' or 'euclidean'")
-
-
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _keep_mask(sorted_pids, sorted_camids, q_pids, q_camids) -> np.ndarray:

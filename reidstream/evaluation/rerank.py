@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reidstream.vectors import l2_normalize
+
 _BLOCK_ELEMENTS = 4_000_000
 
 
@@ -62,14 +64,43 @@ def re_rank(
     exact_max: int = 6000,
 ) -> np.ndarray:
     """[Q, G] float32 re-ranked distances; ``method`` auto = exact up to ``exact_max`` images."""
-    q = _l2_normalise(np.asarray(q_feats, dtype=np.float32))
-    g = _l2_normalise(np.asarray(g_feats, dtype=np.float32))
+    q = l2_normalize(q_feats)
+    g = l2_normalize(g_feats)
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise ValueError(f"features must be [Q, D] and [G, D], got {q.shape} and {g.shape}")
-    if not 0.0 <= lambda_value <= 1.0 or k1 < 1 or k2 < 1:
-        raise ValueError("re-ranking needs k1 >= 1, k2 >= 1 and 0 <= lambda <= 1")
-    feats = np.ascontiguousarray(np.concatenate([q, g]))
-    n, num_q = len(feats), len(q)
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ValueError("re-ranking needs 0 <= lambda <= 1")
+    num_q = len(q)
+    recip = k_reciprocal_vectors(np.concatenate([q, g]), k1, k2, method, exact_max)
+    final = _jaccard_distance(recip.weights, num_q)
+    final *= 1.0 - lambda_value
+    block = max(1, _BLOCK_ELEMENTS // max(len(g), 1))
+    for s in range(0, num_q, block):  # in blocks: no second [Q, G] temporary
+        e = min(s + block, num_q)
+        original = np.maximum(2.0 - 2.0 * (q[s:e] @ g.T), 0.0)
+        final[s:e] += (lambda_value / recip.row_max[s:e, None]) * original
+    return final
+
+
+@dataclass
+class KReciprocal:
+    """Each image's k-reciprocal weight vector (sparse rows summing to 1) and neighbour list."""
+
+    weights: _Sparse
+    ranks: np.ndarray  # [N, k1 + 1] nearest first (the image itself first)
+    row_max: np.ndarray  # [N] each image's largest squared distance
+
+
+def k_reciprocal_vectors(
+    feats: np.ndarray, k1: int, k2: int, method: str = "auto", exact_max: int = 6000
+) -> KReciprocal:
+    """The V vectors of Zhong et al. for L2-normalised ``feats`` (query expansion over k2)."""
+    if k1 < 1 or k2 < 1:
+        raise ValueError("k-reciprocal neighbours need k1 >= 1 and k2 >= 1")
+    feats = np.ascontiguousarray(l2_normalize(feats))
+    n = len(feats)
+    if n < 2:
+        raise ValueError("k-reciprocal neighbours need at least two images")
     k1 = min(k1, n - 1)
     k2 = min(k2, k1 + 1)
     if method == "auto":
@@ -83,18 +114,44 @@ def re_rank(
     weights = _k_reciprocal_weights(feats, ranks, row_max, k1)
     if k2 > 1:
         weights = _query_expansion(weights, ranks[:, :k2])
-    final = _jaccard_distance(weights, num_q)
-    final *= 1.0 - lambda_value
-    block = max(1, _BLOCK_ELEMENTS // max(len(g), 1))
-    for s in range(0, num_q, block):  # in blocks: no second [Q, G] temporary
-        e = min(s + block, num_q)
-        original = np.maximum(2.0 - 2.0 * (q[s:e] @ g.T), 0.0)
-        final[s:e] += (lambda_value / row_max[s:e, None]) * original
-    return final
+    return KReciprocal(weights, ranks, row_max)
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+def jaccard_pairs(weights: _Sparse, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Jaccard distance of the V rows of each pair ``(rows[p], cols[p])`` only: O(pairs), not
+    O(N^2), which is what clusters 100k images (pairs = each image's nearest neighbours).
+
+    Pairs are taken a block of ``rows`` at a time: the block's V rows become a dense matrix over
+    the columns they use, and each partner row's entries are looked up in it.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    out = np.empty(len(rows), dtype=np.float32)
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    block_rows = 256
+    for start in range(0, weights.n, block_rows):
+        lo, hi = np.searchsorted(sorted_rows, [start, start + block_rows])
+        if lo == hi:
+            continue
+        pair_ids = order[lo:hi]
+        stop = min(start + block_rows, weights.n)
+        span = np.arange(weights.indptr[start], weights.indptr[stop])
+        used = np.unique(weights.indices[span])
+        dense = np.zeros((stop - start, len(used)), dtype=np.float64)
+        dense[weights.row_ids()[span] - start, np.searchsorted(used, weights.indices[span])] = (
+            weights.data[span]
+        )
+        pos, owner = weights.gather_rows(cols[pair_ids])
+        partner_cols = weights.indices[pos]
+        slot = np.minimum(np.searchsorted(used, partner_cols), len(used) - 1)
+        hit = used[slot] == partner_cols
+        local = rows[pair_ids][owner] - start
+        contrib = np.where(hit, np.minimum(dense[local, slot], weights.data[pos]), 0.0)
+        shared = np.bincount(owner, weights=contrib, minlength=len(pair_ids))
+        # Rows of V sum to 1, so |Vi v Vj| = sum(max) = 2 - sum(min).
+        out[pair_ids] = 1.0 - shared / (2.0 - shared)
+    return out
 
 
 def _exact_neighbours(feats: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,7 @@ import numpy as np
 
 from reidstream.config import ConfigError, GalleryConfig
 from reidstream.registry import Registry
+from reidstream.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,6 @@ INDEX_KINDS: Registry[type[_Backend]] = Registry("gallery index")
 
 
 # --------------------------------------------------------------------------- input checks
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit length, float32 (a zero row stays zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, eps), dtype=np.float32)
 
 
 def check_vectors(

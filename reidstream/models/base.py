@@ -32,7 +32,8 @@ class ReIDOutput:
 
     ``extras`` carries model-specific tensors a loss needs from the same forward pass (under
     DistributedDataParallel only what ``forward`` computes gets its gradients synchronised),
-    e.g. DIMN's ``"weights"``: the mapping subnet applied to every feature in the batch.
+    e.g. DIMN's ``"weights"``: the mapping subnet applied to every feature in the batch, and
+    ``"embedding"``: the eval-mode embedding (after the necks), for contrastive objectives.
     """
 
     logits: list[Tensor] = field(default_factory=list)
@@ -87,12 +88,15 @@ class ReIDModel(nn.Module):
             necked.append(bn)
             if lg is not None:
                 logits.append(lg)
-        if self.training:
-            return ReIDOutput(logits=logits, features=features)
         if len(necked) == 1:
-            return necked[0]
-        local = len(necked) - 1
-        return torch.cat([necked[0]] + [n / local for n in necked[1:]], dim=1)
+            embedding = necked[0]
+        else:
+            local = len(necked) - 1
+            embedding = torch.cat([necked[0]] + [n / local for n in necked[1:]], dim=1)
+        if self.training:
+            # The serving embedding too: contrastive objectives train exactly what is served.
+            return ReIDOutput(logits=logits, features=features, extras={"embedding": embedding})
+        return embedding
 
 
 class BNNeck(nn.Module):

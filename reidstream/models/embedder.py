@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from reidstream.device import autocast, select_device
 from reidstream.models.base import ReIDModel, build_model
 from reidstream.models.cameras import CameraRegistry
 from reidstream.models.checkpoint import load_checkpoint
+
+if TYPE_CHECKING:
+    from reidstream.adaptation.calibration import SiteCalibration
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,7 @@ class Embedder:
         fp16: bool = True,
         unknown_camera: str | None = None,
         flip: bool = False,
+        calibration: SiteCalibration | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -60,6 +65,7 @@ class Embedder:
         self.batch_size = batch_size
         self.fp16 = fp16
         self.flip = flip
+        self.calibration = calibration
         self.size = (model.cfg.img_height, model.cfg.img_width)
 
     @property
@@ -77,15 +83,19 @@ class Embedder:
     ) -> Embedder:
         """Mean/std: given, else the checkpoint's ``meta["mean"]/["std"]`` (what it was trained
         with), else the ``data.mean/std`` defaults."""
+        from reidstream.adaptation.calibration import SiteCalibration
+
         loaded = load_checkpoint(path)
         for alias, target in embed_cfg.camera_aliases.items():
             loaded.cameras.add_alias(alias, target)
         data_defaults = load_config().data
+        calibration = SiteCalibration.from_meta(loaded.meta) if embed_cfg.site_calibration else None
         return cls(
             loaded.model,
             loaded.cameras,
             mean=mean or loaded.meta.get("mean") or data_defaults.mean,
             std=std or loaded.meta.get("std") or data_defaults.std,
+            calibration=calibration,
             **_runtime_kwargs(embed_cfg),
         )
 
@@ -130,7 +140,17 @@ class Embedder:
                         # cancels left/right pose and carrying-side differences.
                         feats = feats + self.model(images.flip(3), cams).float()
                 out.append(F.normalize(feats, dim=1).cpu())
-        return torch.cat(out).numpy()
+        vectors = torch.cat(out).numpy()
+        if self.calibration is not None and cameras is not None:
+            vectors = self.calibration.centre_vectors(vectors, self._camera_names(cameras))
+        return vectors
+
+    def _camera_names(self, cameras: Sequence[str | int]) -> list[str]:
+        """Names for the calibration: ints are table rows, names pass through their alias."""
+        names = self.cameras.names
+        return [
+            names[c] if isinstance(c, int) and 0 <= c < len(names) else str(c) for c in cameras
+        ]
 
     def map_gallery(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         """DIMN only: classifier weight vectors ``float32 [N, D]`` for gallery features."""

@@ -13,6 +13,10 @@ default depth is 4. A CPU-trainable pure ViT is ``size: tiny, depth: 4..6, patch
 trunk, a ViT file (timm or torchvision layout) the pure ViT; the pure ViT given the MobileNetV2
 asset (the config default) starts from random init, and says so in the log.
 
+``model.patches`` > 0 adds PAUL's patch generator (``patches.py``) on the last layer's token
+map; its patch features follow the embedding above (each / K), and ``extras["patches"]`` gives
+them to the PAUL objective.
+
 Jigsaw Patch Module: the last layer is duplicated into a JPM branch; patch tokens are rolled
 by ``jpm_shift`` and interleaved (patch shuffle, 2 groups), cut into ``jpm_groups`` groups, and
 each group with the cls token goes through the JPM layer to its own BNNeck and classifier. The
@@ -38,6 +42,7 @@ from reidstream.models.base import (
     resolve_weights,
 )
 from reidstream.models.mobilenet import NUM_BLOCKS, build_trunk, trunk_grid
+from reidstream.models.patches import PatchGenerator
 from reidstream.models.sie import SideInfoEmbedding
 from reidstream.models.vit import (
     LN_EPS,
@@ -120,6 +125,9 @@ class TransReID(ReIDModel):
             [BNNeck(dim, cfg.num_classes, cfg.neck) for _ in range(1 + groups)]
         )
         self.feature_dim = dim * (1 + groups)
+        self.pgn = PatchGenerator(dim, cfg.patches) if cfg.patches > 0 else None
+        if self.pgn is not None:
+            self.feature_dim += dim * cfg.patches
         self._init_weights()
         self.load_report: LoadReport | None = None
         if not hybrid and cfg.pretrained:
@@ -156,6 +164,7 @@ class TransReID(ReIDModel):
     def tokens(self, images: Tensor, camera_ids: Tensor | None, view_ids: Tensor | None) -> Tensor:
         """cls + patch tokens with position and side information, before the transformer."""
         x, grid = self.patch_embed(images)
+        self._grid = grid  # the token map's (h, w), for the patch generator
         pos = resize_pos_embed(self.pos_embed, self.pos_grid, grid, prefix=1)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
         if self.sie is not None:
@@ -173,7 +182,9 @@ class TransReID(ReIDModel):
         x = self.tokens(images, camera_ids, view_ids)
         for block in self.blocks[:-1]:
             x = block(x)
-        features = [self.norm(self.blocks[-1](x))[:, 0]]
+        last = self.norm(self.blocks[-1](x))
+        self._last_tokens = last
+        features = [last[:, 0]]
         if self.jpm_groups:
             features += self._jigsaw(x)
         return features
@@ -184,7 +195,20 @@ class TransReID(ReIDModel):
         camera_ids: Tensor | None = None,
         view_ids: Tensor | None = None,
     ) -> ReIDOutput | Tensor:
-        return self._output(self.forward_features(images, camera_ids, view_ids), self.heads)
+        out = self._output(self.forward_features(images, camera_ids, view_ids), self.heads)
+        if self.pgn is None:
+            return out
+        # PAUL's patches of the last layer's token map, after the cls-based embedding.
+        tokens = self._last_tokens[:, 1:]
+        h, w = self._grid
+        feature_map = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+        patches = self.pgn(feature_map)
+        flat = patches.flatten(1) / self.pgn.num_patches
+        if isinstance(out, ReIDOutput):
+            out.extras["patches"] = patches
+            out.extras["embedding"] = torch.cat([out.extras["embedding"], flat], dim=1)
+            return out
+        return torch.cat([out, flat.to(out.dtype)], dim=1)
 
     def _jigsaw(self, x: Tensor) -> list[Tensor]:
         cls, patches = x[:, :1], x[:, 1:]

@@ -128,7 +128,7 @@ def _linker_replay(cfg: Any, scene: str, journal: str, tracks: str) -> dict[str,
     from reidstream.scenes.truth import SceneTruth
 
     truth = SceneTruth.load(scene)
-    replayed = replay(read_journal(journal), cfg.linker, cfg.gallery)
+    replayed = replay(read_journal(journal), cfg.linker, cfg.gallery, checkpoint_calibration(cfg))
     score = score_scene(truth, collect(replayed.events, replayed.relabel(read_jsonl(tracks))))
     print(score.table(), flush=True)
     return {
@@ -137,6 +137,20 @@ def _linker_replay(cfg: Any, scene: str, journal: str, tracks: str) -> dict[str,
         "linker": dataclasses.asdict(cfg.linker),
         "score": score.to_dict(),
     }
+
+
+def checkpoint_calibration(cfg: Any) -> Any:
+    """The site calibration of ``embed.checkpoint`` (None: none, or switched off)."""
+    if not (cfg.embed.checkpoint and cfg.embed.site_calibration and cfg.linker.site_calibration):
+        return None
+    from reidstream.adaptation.calibration import SiteCalibration
+    from reidstream.assets import Assets
+    from reidstream.models import load_checkpoint
+
+    path = Path(cfg.embed.checkpoint).expanduser()
+    if not path.is_file():
+        path = Assets.from_config(cfg.assets).asset(cfg.embed.checkpoint)
+    return SiteCalibration.from_meta(load_checkpoint(path).meta)
 
 
 def _one_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float) -> dict[str, Any]:

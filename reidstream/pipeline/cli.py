@@ -149,3 +149,37 @@ def _print_events(cfg: Any, stop: threading.Event) -> None:
                     print(f"{label} {format_event(event)}", flush=True)
     finally:
         consumer.close()
+
+
+# ---- roll-out -------------------------------------------------------------------------------
+
+
+def add_arguments_run_rollout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="checkpoint to serve from now on (path or shipped name)")
+    add_config_arguments(parser)
+    parser.add_argument("--address", default="auto", help="Ray cluster of the pipeline")
+    parser.add_argument("--version", default="", help="model version for events (default: "
+                        "the checkpoint's file name)")
+    parser.add_argument("--group", default="", help="the pipeline's consumer group "
+                        "(default: kafka.group_id)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    """Roll a checkpoint out to a running pipeline (see reidstream/pipeline/rollout.py)."""
+    import ray
+
+    from reidstream.pipeline.rollout import request_rollout, resolve_checkpoint
+
+    cfg = load_cli_config(args)
+    path, _ = resolve_checkpoint(args.checkpoint, cfg)  # fail here, not in the pipeline
+    ray.init(address=args.address, log_to_driver=False)
+    result = request_rollout(args.group or cfg.kafka.group_id, path, args.version, args.timeout)
+    if not result.get("ok"):
+        print(f"roll-out failed, the pipeline keeps its model: {result.get('error')}")
+        return 1
+    g = result["gallery"]
+    print(f"rolled out {result['checkpoint']} as {result['model_version']} in "
+          f"{result['seconds']} s: {g['re_embedded']} of {g['tracks']} tracks re-embedded "
+          f"({g['crops']} crops), site calibration {'on' if result['calibrated'] else 'none'}")
+    return 0

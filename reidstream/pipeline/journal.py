@@ -61,6 +61,7 @@ def to_record(obs: TrackObservation, batch: int) -> dict[str, Any]:
         "end_ms": int(obs.end_ms),
         "box": [float(v) for v in obs.box],
         "best_crop": obs.best_crop,
+        "model_version": obs.model_version,
         "embedding": base64.b64encode(vector.tobytes()).decode("ascii"),
     }
 
@@ -75,6 +76,7 @@ def from_record(rec: dict[str, Any]) -> TrackObservation:
         embedding=vector,
         box=[float(v) for v in rec["box"]],
         best_crop=dict(rec.get("best_crop") or {}),
+        model_version=str(rec.get("model_version") or ""),
     )
 
 
@@ -115,15 +117,19 @@ class Replay:
 
 
 def replay(
-    batches: list[list[TrackObservation]], linker_cfg: LinkerConfig, gallery_cfg: GalleryConfig
+    batches: list[list[TrackObservation]],
+    linker_cfg: LinkerConfig,
+    gallery_cfg: GalleryConfig,
+    calibration: Any = None,
 ) -> Replay:
-    """Answer the journal's batches with a fresh linker over one in-process gallery shard."""
+    """Answer the journal's batches with a fresh linker over one in-process gallery shard
+    (with the site calibration the live linker had, to reproduce its thresholds)."""
     from reidstream.gallery import GalleryShard
 
     if not batches or not batches[0]:
         return Replay()
     dim = int(np.asarray(batches[0][0].embedding).size)
-    linker = Linker(GalleryShard(gallery_cfg, dim), linker_cfg)
+    linker = Linker(GalleryShard(gallery_cfg, dim), linker_cfg, calibration)
     out = Replay()
     for observations in batches:
         for decision in linker.link(observations):

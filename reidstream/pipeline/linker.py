@@ -25,6 +25,11 @@ that link, or one track joined through it) and the newcomer's similarity beats t
 at once if another identity takes it, and never returns to the identity it lost. A track held
 by several links stays put.
 
+**Site calibration.** With a checkpoint calibrated for the site (``linker.site_calibration``),
+threshold and margin are the calibration's for the two cameras' pair (impostor quantiles
+measured on the site's cannot-link pairs, :mod:`reidstream.adaptation.calibration`); the
+configured ``threshold`` and ``margin`` apply to pairs it has no figure for.
+
 **Memory.** An identity none of whose tracks was seen for ``forget_after_ms`` is forgotten,
 its gallery vectors with it: a person back after that gets a new identity.
 
@@ -35,14 +40,18 @@ pipeline), so the rules here are tested without Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from reidstream.config import LinkerConfig
+
+if TYPE_CHECKING:
+    from reidstream.adaptation.calibration import SiteCalibration
 
 
 class Gallery(Protocol):
@@ -64,6 +73,8 @@ class TrackObservation:
     embedding: np.ndarray
     box: list[float]
     best_crop: dict[str, Any] = field(default_factory=dict)
+    model_version: str = ""  # the model that made ``embedding``
+    crops: list[bytes] = field(default_factory=list, repr=False)  # JPEG, kept for a roll-out
 
     @property
     def key(self) -> tuple[str, int]:
@@ -105,14 +116,23 @@ class _TrackRecord:
     similarity: float = 0.0  # ... and how alike they were
     last: TrackObservation | None = None
     lost: set[int] = field(default_factory=set)  # identities it was displaced from
+    crops: list[bytes] = field(default_factory=list, repr=False)  # to re-embed on a roll-out
+    filed: bool = False  # has a vector in the gallery (a track without crops loses it on a
+    # roll-out: a vector of the old model must never meet a query of the new one)
 
 
 class Linker:
     """Assigns global identities to tracks; see the module docstring for the rules."""
 
-    def __init__(self, gallery: Gallery, settings: LinkerConfig) -> None:
+    def __init__(
+        self,
+        gallery: Gallery,
+        settings: LinkerConfig,
+        calibration: SiteCalibration | None = None,
+    ) -> None:
         self.gallery = gallery
         self.settings = settings
+        self.calibration = calibration if settings.site_calibration else None
         self._tracks: dict[tuple[str, int], _TrackRecord] = {}
         self._by_gallery_id: dict[int, tuple[str, int]] = {}
         self._members: dict[int, set[tuple[str, int]]] = {}
@@ -120,12 +140,14 @@ class Linker:
         self._next_gallery_id = itertools.count(1)
         self._next_global_id = itertools.count(1)
         self._calls = 0
+        self.model_version: str | None = None  # the gallery's model; set by the first query
 
     def link(self, observations: list[TrackObservation]) -> list[LinkDecision]:
         """One decision per observation, in order, then any revisions of other tracks' links
         (retractions and the displaced tracks' new matches) that these caused."""
         if not observations:
             return []
+        self._check_versions(observations)
         queries = np.stack([_normalise(o.embedding) for o in observations])
         sims, ids = self.gallery.search(queries, self.settings.top_k + 1)
         decisions, revisions = [], []
@@ -163,6 +185,79 @@ class Linker:
         if gone:
             self.gallery.remove(np.array(gone, dtype=np.int64))
 
+    def _check_versions(self, observations: list[TrackObservation]) -> None:
+        """Every query must come from the gallery's model: similarities between two models'
+        vectors mean nothing (a roll-out re-embeds the gallery first, see :meth:`rollout`)."""
+        versions = {o.model_version for o in observations if o.model_version}
+        if self.model_version is None and len(versions) == 1:
+            self.model_version = versions.pop()
+            return
+        stale = versions - {self.model_version}
+        if stale:
+            raise ValueError(
+                f"observations embedded by {sorted(stale)} but the gallery holds "
+                f"{self.model_version!r} vectors; refusing to compare two models' vectors"
+            )
+
+    def rollout(
+        self,
+        embed: Any,
+        model_version: str,
+        gallery: Gallery | None = None,
+        calibration: SiteCalibration | None = None,
+    ) -> dict[str, int]:
+        """Move to a new model: every track's stored crops are embedded again with ``embed``
+        (``embed(images, cameras) -> [N, D]``), the gallery is refilled with those vectors
+        only (a fresh ``gallery`` when the width changes), and thresholds follow the new
+        model's calibration. Tracks without stored crops keep their identity but leave the
+        gallery: they can no longer be matched, which is better than a wrong scale.
+        """
+        import cv2
+
+        keys = [k for k, r in self._tracks.items() if r.crops]
+        images, cameras, owners = [], [], []
+        for key in keys:
+            for blob in self._tracks[key].crops:
+                image = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+                if image is not None:
+                    images.append(image)
+                    cameras.append(key[0])
+                    owners.append(key)
+        vectors = embed(images, cameras) if images else np.zeros((0, 1), np.float32)
+        old = [r.gallery_id for r in self._tracks.values() if r.filed]
+        if gallery is not None:
+            self.gallery = gallery
+        elif old:
+            self.gallery.remove(np.array(old, dtype=np.int64))
+        previous = {k: r.last for k, r in self._tracks.items()}
+        for record in self._tracks.values():
+            # The old model's vector goes; a track with crops gets a new one below, the
+            # others can no longer be displaced or re-linked (nothing to query with).
+            record.filed = False
+            record.last = None
+        self.model_version = model_version
+        self.set_calibration(calibration)
+        sums: dict[tuple[str, int], np.ndarray] = {}
+        for key, vector in zip(owners, vectors, strict=True):
+            sums[key] = sums.get(key, 0.0) + vector
+        for key, total in sums.items():
+            record = self._tracks[key]
+            vector = _normalise(total)
+            if previous.get(key) is not None:
+                record.last = dataclasses.replace(
+                    previous[key], embedding=vector, model_version=model_version
+                )
+            self._file_key(record, key, vector)
+        return {"tracks": len(self._tracks), "re_embedded": len(sums), "crops": len(images)}
+
+    def versions(self) -> dict[str, Any]:
+        """The model the gallery holds and how many tracks have a vector in it."""
+        return {
+            "model_version": self.model_version,
+            "filed": sum(r.filed for r in self._tracks.values()),
+            "tracks": len(self._tracks),
+        }
+
     def global_id_of(self, camera: str, track_id: int) -> int | None:
         record = self._tracks.get((camera, track_id))
         return record.global_id if record else None
@@ -189,6 +284,8 @@ class Linker:
         record.start_ms = min(record.start_ms, obs.start_ms)
         record.end_ms = max(record.end_ms, obs.end_ms)
         record.last = obs
+        if obs.crops:
+            record.crops = list(obs.crops)
 
         decision = LinkDecision(obs.camera, obs.track_id, record.global_id, observation=obs)
         # A glimpse is too little of the person to link yet (nor is it a candidate, below).
@@ -201,6 +298,7 @@ class Linker:
                     revisions.extend(self._detach(key))
                 # Shards are chosen by identity: drop the entry filed under the old one.
                 self.gallery.remove(np.array([record.gallery_id], dtype=np.int64))
+                record.filed = False
                 self._merge(obs.key, matched.global_id)
                 record.linked = matched.linked = True
                 record.matched, record.similarity = (cam, tid), similarity
@@ -218,19 +316,24 @@ class Linker:
 
     def _file(self, record: _TrackRecord, obs: TrackObservation, vector: np.ndarray) -> None:
         """(Re)place the track's vector in the gallery under its current identity."""
+        self._file_key(record, obs.key, vector)
+
+    def _file_key(self, record: _TrackRecord, key: tuple[str, int], vector: np.ndarray) -> None:
         self.gallery.add(
             np.array([record.gallery_id], dtype=np.int64),
             vector[None, :],
             [
                 {
                     "global_id": record.global_id,
-                    "camera": obs.camera,
-                    "track_id": obs.track_id,
+                    "camera": key[0],
+                    "track_id": key[1],
                     "start_ms": record.start_ms,
                     "end_ms": record.end_ms,
+                    "model_version": self.model_version or "",
                 }
             ],
         )
+        record.filed = True
 
     def _detach(self, key: tuple[str, int]) -> list[LinkDecision]:
         """Withdraw the one link holding a track in its identity: it leaves for a fresh one.
@@ -299,11 +402,25 @@ class Linker:
         if not per_identity:
             return None
         ranked = sorted(per_identity.values(), key=lambda item: -item[0])
-        best_sim = ranked[0][0]
+        best_sim, (camera, _), _ = ranked[0]
         runner_up = ranked[1][0] if len(ranked) > 1 else -1.0
-        if best_sim < self.settings.threshold or best_sim - runner_up < self.settings.margin:
+        threshold, margin = self.link_setting(obs.camera, camera)
+        if best_sim < threshold or best_sim - runner_up < margin:
             return None
         return ranked[0]
+
+    def link_setting(self, camera: str, other: str) -> tuple[float, float]:
+        """(threshold, margin) for linking tracks of these two cameras: the site calibration's
+        for the pair when there is one, else the configured pair."""
+        if self.calibration is not None:
+            setting = self.calibration.setting(camera, other)
+            if setting is not None:
+                return setting.threshold, setting.margin
+        return self.settings.threshold, self.settings.margin
+
+    def set_calibration(self, calibration: SiteCalibration | None) -> None:
+        """A new scale (a rolled-out model): thresholds per camera pair from now on."""
+        self.calibration = calibration if self.settings.site_calibration else None
 
     def _conflicts(
         self, obs: TrackObservation, key: tuple[str, int], other: _TrackRecord, sim: float
@@ -335,7 +452,8 @@ class Linker:
         link = self._only_link(key, record)
         if link is None or self._tracks[link].last is None:
             return False
-        return sim >= self._matcher(record, link).similarity + self.settings.margin
+        _, margin = self.link_setting(key[0], link[0])
+        return sim >= self._matcher(record, link).similarity + margin
 
     def _matcher(self, record: _TrackRecord, link: tuple[str, int]) -> _TrackRecord:
         """The end of a track's single link that made the match (and holds its similarity)."""

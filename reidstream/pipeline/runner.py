@@ -8,12 +8,15 @@ are delivered again by the consumer group (at-least-once).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,6 +91,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self.workers: list[Any] = []
         self._actors: list[Any] = []
+        self.embedders: list[Any] = []
         self._stop = threading.Event()
 
     def start(self) -> Pipeline:
@@ -112,17 +116,34 @@ class Pipeline:
             for _ in range(pc.num_embedders)
         ]
         dim = ray.get(embedders[0].feature_dim.remote())
-        linker = ray.remote(LinkerStage).options(num_cpus=0).remote(self.cfg, dim)
+        calibration = ray.get(embedders[0].calibration.remote())
+        if calibration is not None:
+            log.info("%s", calibration.describe())
+        linker = ray.remote(LinkerStage).options(num_cpus=0).remote(self.cfg, dim, calibration)
         sink = ray.remote(EventSink).options(num_cpus=0).remote(self.cfg)
+        self.harvest = None
+        if self.cfg.harvest.dir:
+            from reidstream.adaptation.harvest import HarvestStage
+
+            # Actors may run elsewhere than the driver's folder: give them an absolute path.
+            harvest_cfg = dataclasses.replace(
+                self.cfg.harvest, dir=str(Path(self.cfg.harvest.dir).resolve())
+            )
+            self.harvest = ray.remote(HarvestStage).options(num_cpus=0).remote(harvest_cfg)
         self.workers = [
             ray.remote(CameraWorker)
             .options(num_cpus=pc.worker_num_cpus, max_restarts=3)
             .remote(self.cfg, i, detectors[i % len(detectors)], embedders[i % len(embedders)],
-                    linker, sink)
+                    linker, sink, self.harvest)
             for i in range(pc.num_workers)
         ]
-        self._actors = [*detectors, *embedders, linker, sink, *self.workers]
-        self.sink = sink
+        from reidstream.pipeline.rollout import start_control
+
+        self.control = start_control(self.cfg.kafka.group_id)
+        self._actors = [*detectors, *self.workers, linker, sink, self.control]
+        if self.harvest is not None:
+            self._actors.append(self.harvest)
+        self.embedders, self.linker, self.sink, self.dim = embedders, linker, sink, dim
         ray.get([w.ready.remote() for w in self.workers])
         log.info(
             "pipeline up: %d worker(s), %d detector(s), %d embedder(s), %d gallery shard(s)",
@@ -142,7 +163,16 @@ class Pipeline:
         self.stats = PipelineStats()  # rates and idleness count from here, not from start-up
         in_flight = {w.step.remote(): w for w in self.workers}
         last_progress = time.monotonic()
-        while in_flight:
+        request = None  # a roll-out waiting for the steps in flight to finish
+        while in_flight or request is not None:
+            if request is None:
+                request = ray.get(self.control.take.remote())
+            if request is not None and not in_flight:
+                self._serve_rollout(request)
+                request = None
+                if not self._should_stop():
+                    in_flight = {w.step.remote(): w for w in self.workers}
+                continue
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in ready:
                 worker = in_flight.pop(ref)
@@ -152,13 +182,61 @@ class Pipeline:
                     log.error("camera worker died (%s); Ray restarts it, Kafka re-delivers", exc)
                 except RayTaskError as exc:
                     log.error("camera worker step failed: %s", exc)
-                if not self._should_stop():
+                if request is None and not self._should_stop():
                     in_flight[worker.step.remote()] = worker
             now = time.monotonic()
             if on_progress and now - last_progress >= pc.stats_interval_s:
                 on_progress(self.stats)
                 last_progress = now
         return self.stats
+
+    def _serve_rollout(self, request: Any) -> None:
+        """Answer a roll-out request (the workers are idle now); never let it stop the run."""
+        try:
+            result = self.rollout(request.checkpoint, request.model_version)
+            result["ok"] = True
+        except Exception as exc:  # a bad checkpoint: report it, keep the running model
+            log.exception("roll-out of %s failed; the pipeline keeps its model", request.checkpoint)
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        import ray
+
+        ray.get(self.control.complete.remote(request.id, result))
+
+    def rollout(self, checkpoint: str, model_version: str = "") -> dict[str, Any]:
+        """Swap the embedder for ``checkpoint`` while no worker step is running (see
+        :mod:`reidstream.pipeline.rollout`): new embedders, the linker's gallery re-embedded
+        from stored crops, workers switched, old embedders retired."""
+        import ray
+
+        from reidstream.pipeline.rollout import resolve_checkpoint
+
+        started = time.monotonic()
+        path, stem = resolve_checkpoint(checkpoint, self.cfg)
+        version = model_version or stem
+        cfg = copy.deepcopy(self.cfg)
+        cfg.embed.checkpoint = path
+        cfg.pipeline.model_version = version
+        pc = cfg.pipeline
+        embedders = [
+            ray.remote(EmbedderStage)
+            .options(num_cpus=pc.embedder_num_cpus, max_restarts=-1, max_task_retries=3)
+            .remote(cfg)
+            for _ in range(pc.num_embedders)
+        ]
+        dim = ray.get(embedders[0].feature_dim.remote())
+        calibration = ray.get(embedders[0].calibration.remote())
+        gallery = ray.get(self.linker.rollout.remote(embedders[0], version, dim, calibration))
+        ray.get([
+            w.switch_embedder.remote(embedders[i % len(embedders)], version)
+            for i, w in enumerate(self.workers)
+        ])
+        for old in self.embedders:
+            ray.kill(old)
+        self.embedders, self.dim, self.cfg = embedders, dim, cfg
+        seconds = round(time.monotonic() - started, 1)
+        log.info("rolled out %s as %s in %.1f s: %s", path, version, seconds, gallery)
+        return {"model_version": version, "checkpoint": path, "dim": dim, "seconds": seconds,
+                "gallery": gallery, "calibrated": calibration is not None}
 
     def _should_stop(self) -> bool:
         pc = self.cfg.pipeline
@@ -178,9 +256,13 @@ class Pipeline:
             for stats in ray.get([w.finish.remote() for w in self.workers], timeout=60):
                 self.stats.add(stats)
             ray.get(self.sink.close.remote(), timeout=30)
+            if self.harvest is not None:
+                written = ray.get(self.harvest.close.remote(), timeout=120)
+                log.info("harvest: %d crop(s) written to %s", written["rows"],
+                         self.cfg.harvest.dir)
         except Exception as exc:  # shutting down: report, never hang
             log.warning("pipeline shutdown was not clean: %s", exc)
-        for actor in self._actors:
+        for actor in [*self._actors, *self.embedders]:
             ray.kill(actor)
         self._actors.clear()
         self.workers.clear()

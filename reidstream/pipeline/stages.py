@@ -62,14 +62,20 @@ class EmbedderStage:
     def feature_dim(self) -> int:
         return self.embedder.feature_dim
 
+    def calibration(self) -> Any:
+        """The site calibration the model came with (None without one): the linker's scale."""
+        return self.embedder.calibration
+
 
 class LinkerStage:
-    def __init__(self, cfg: Config, dim: int) -> None:
+    def __init__(self, cfg: Config, dim: int, calibration: Any = None) -> None:
         from reidstream.gallery import ShardedGallery
         from reidstream.pipeline.linker import Linker
 
+        self.cfg = cfg
+        self.dim = dim
         self.gallery = ShardedGallery.create(cfg.gallery, dim)
-        self.linker = Linker(self.gallery, cfg.linker)
+        self.linker = Linker(self.gallery, cfg.linker, calibration)
         self.journal = None
         if cfg.linker.journal:
             from reidstream.pipeline.journal import LinkJournal
@@ -83,6 +89,30 @@ class LinkerStage:
 
     def global_ids(self, keys: list[tuple[str, int]]) -> list[int | None]:
         return [self.linker.global_id_of(cam, tid) for cam, tid in keys]
+
+    def rollout(self, embedder: Any, model_version: str, dim: int, calibration: Any) -> dict:
+        """Re-embed the live tracks' stored crops with the new model into a new gallery
+        generation (new shards when the width changes), then take its calibration."""
+        import ray
+
+        from reidstream.gallery import ShardedGallery
+
+        fresh = None
+        if dim != self.dim:
+            fresh = ShardedGallery.create(self.cfg.gallery, dim)
+        old = self.gallery
+
+        def embed(images: list, cameras: list) -> np.ndarray:
+            return ray.get(embedder.embed.remote(images, cameras))
+
+        result = self.linker.rollout(embed, model_version, fresh, calibration)
+        if fresh is not None:
+            old.shutdown()
+            self.gallery, self.dim = fresh, dim
+        return result
+
+    def versions(self) -> dict:
+        return self.linker.versions()
 
 
 class EventSink:
@@ -140,7 +170,14 @@ class CameraWorker:
     """One member of the frames consumer group; see the module docstring."""
 
     def __init__(
-        self, cfg: Config, index: int, detector: Any, embedder: Any, linker: Any, sink: Any
+        self,
+        cfg: Config,
+        index: int,
+        detector: Any,
+        embedder: Any,
+        linker: Any,
+        sink: Any,
+        harvest: Any = None,
     ) -> None:
         from reidstream.ingest.kafka_io import FrameSource
 
@@ -148,8 +185,10 @@ class CameraWorker:
         self.cfg = cfg
         self.index = index
         self.detector, self.embedder, self.linker, self.sink = detector, embedder, linker, sink
+        self.harvest = harvest
         self.source = FrameSource(cfg.kafka, on_revoke=self._on_revoke)
         self.trackers: dict[str, Any] = {}
+        self._sessions: dict[str, str] = {}  # camera -> id of its tracker's life (harvest)
         self._crop_vectors: dict[tuple[str, int], dict[int, np.ndarray]] = {}
         self._last_report: dict[str, float] = {}
         self.model_version = model_version(cfg)
@@ -251,6 +290,8 @@ class CameraWorker:
                     embedding=self._track_vector(t),
                     box=[float(v) for v in t.last_box],
                     best_crop=_crop_ref(t),
+                    model_version=self.model_version,
+                    crops=_encoded_crops(t, self.cfg.linker.keep_crops),
                 )
                 for t in ready
             ]
@@ -274,6 +315,7 @@ class CameraWorker:
             ]
             for key in keys:
                 self._crop_vectors.pop(key, None)
+            self._harvest(finished)
         with _timed(stats.seconds, "publish"):
             while not self._call(self.sink.publish, events, summaries):
                 log.warning("worker %d: events not acknowledged; retrying before commit",
@@ -281,6 +323,26 @@ class CameraWorker:
                 time.sleep(1.0)
         stats.events += len(events)
         stats.tracks_finished += len(finished)
+
+    def _harvest(self, finished: list) -> None:
+        """Hand finished tracks' crops to the harvest actor without waiting for it."""
+        if self.harvest is None:
+            return
+        from reidstream.adaptation.harvest import crops_of_tracks
+
+        by_camera: dict[str, list] = {}
+        for track in finished:
+            by_camera.setdefault(track.camera, []).append(track)
+        crops = []
+        for camera, tracks in by_camera.items():
+            session = self._sessions.get(camera, "")
+            crops += crops_of_tracks(tracks, session, self.model_version, self.cfg.harvest)
+        if not crops:
+            return
+        if hasattr(self.harvest.add, "remote"):
+            self.harvest.add.remote(crops)  # fire and forget: off the hot path
+        else:
+            self.harvest.add(crops)
 
     def _embed_new_crops(self, tracks: list) -> None:
         todo = []
@@ -302,13 +364,25 @@ class CameraWorker:
         return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
     def _tracker(self, camera: str) -> Any:
+        from reidstream.adaptation.harvest import new_session
         from reidstream.tracking import CameraTracker
 
         if camera not in self.trackers:
             self.trackers[camera] = CameraTracker(
                 self.cfg.tracking, self.cfg.pipeline.default_fps, camera=camera
             )
+            self._sessions[camera] = new_session()
         return self.trackers[camera]
+
+    def switch_embedder(self, embedder: Any, model_version: str) -> None:
+        """A roll-out: embed with the new model from the next step on. Cached crop vectors
+        are the old model's, so they go; open tracks are embedded again when next linked."""
+        self.embedder = embedder
+        self.model_version = model_version
+        self._crop_vectors.clear()
+        for tracker in self.trackers.values():
+            for track in tracker.live_tracks:
+                track.crops_since_last_embed = max(1, track.crops_since_last_embed)
 
     def _on_revoke(self, partitions: set) -> None:
         """Another worker takes these cameras from the committed offset: drop their state."""
@@ -356,6 +430,13 @@ def match_event(decision: Any, model_version: str) -> Any:
         model_version=model_version,
         kind=RETRACT if decision.retracted else MATCH,
     )
+
+
+def _encoded_crops(track: Any, keep: int) -> list[bytes]:
+    """The track's best crops as JPEG, for the linker to re-embed on a roll-out."""
+    from reidstream.ingest.wire import jpeg_encode
+
+    return [jpeg_encode(c.image, 90) for c in track.crops[:keep] if c.image.size]
 
 
 def _crop_ref(track: Any) -> dict[str, Any]:

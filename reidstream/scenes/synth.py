@@ -28,6 +28,7 @@ import numpy as np
 
 from reidstream.assets import Assets
 from reidstream.config import Config, ScenesConfig
+from reidstream.scenes.style import CameraStyle, camera_styles, style_fields
 from reidstream.scenes.truth import (
     MANIFEST_FILE,
     TRUTH_FILE,
@@ -119,10 +120,12 @@ def plan_scene(
     if ncam < 2:
         raise ValueError("scenes.cameras needs at least two camera names")
     eligible = sorted(p for p, cams in images.items() if all(cams.get(k) for k in range(ncam)))
+    part, parts = pool_part(cfg.pool)
+    eligible = eligible[part::parts]
     if cfg.identities < 1 or cfg.identities > len(eligible):
         raise ValueError(
             f"asked for {cfg.identities} identities; {len(eligible)} in {cfg.dataset} "
-            f"{cfg.splits} have images from all {ncam} cameras"
+            f"{cfg.splits} (pool {part} of {parts}) have images from all {ncam} cameras"
         )
     rng = random.Random(cfg.seed)
     chosen = rng.sample(eligible, cfg.identities)  # also the order they enter camera 1
@@ -166,6 +169,14 @@ def plan_scene(
     return plans, num_frames
 
 
+def pool_part(pool: Sequence[int]) -> tuple[int, int]:
+    """``scenes.pool`` [k, n]: the scene draws its people from part k of n of the eligible
+    identities (every n-th in id order), so scenes of different parts share nobody."""
+    if len(pool) != 2 or not 0 <= int(pool[0]) < int(pool[1]):
+        raise ValueError(f"scenes.pool must be [k, n] with 0 <= k < n, got {list(pool)}")
+    return int(pool[0]), int(pool[1])
+
+
 def feather_mask(width: int, height: int, feather: float) -> np.ndarray:
     """Alpha for a pasted person image: 1 in the middle, smooth fade over the side margins.
 
@@ -188,10 +199,17 @@ def feather_mask(width: int, height: int, feather: float) -> np.ndarray:
 class SceneRenderer:
     """Draws one camera's frames; keeps the decoded person images between frames."""
 
-    def __init__(self, cfg: ScenesConfig, background: np.ndarray, image_paths: dict[str, Path]):
+    def __init__(
+        self,
+        cfg: ScenesConfig,
+        background: np.ndarray,
+        image_paths: dict[str, Path],
+        style: CameraStyle | None = None,
+    ):
         self.cfg = cfg
         self.background = background
         self.image_paths = image_paths
+        self.style = style or CameraStyle()
         self._images: dict[str, np.ndarray] = {}
         self._noise = np.random.default_rng(cfg.seed + 7919)
 
@@ -247,6 +265,7 @@ class SceneRenderer:
         if cfg.noise_std > 0:
             canvas += self._noise.normal(0.0, cfg.noise_std, canvas.shape).astype(np.float32)
         image = np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
+        image = self.style.apply(image, self._noise)
         return image, self._truth_rows(frame, ts_ms, layers, W, H)
 
     def _truth_rows(self, frame: int, ts_ms: int, layers: list, W: int, H: int) -> list[TruthBox]:
@@ -302,8 +321,14 @@ def synthesize(
     images = identity_images(assets, cfg, train_split)
     plans, num_frames = plan_scene(images, cfg)
     by_name = {p.name: p for cams in images.values() for paths in cams.values() for p in paths}
+    styles = camera_styles(cfg.style, cfg.camera_styles, len(cfg.cameras))
     cameras = [
-        CameraInfo(name=name, video=f"{name}.{cfg.video_ext}", dataset_camera=k + 1)
+        CameraInfo(
+            name=name,
+            video=f"{name}.{cfg.video_ext}",
+            dataset_camera=k + 1,
+            style=style_fields(styles[k]),
+        )
         for k, name in enumerate(cfg.cameras)
     ]
     truth = SceneTruth(
@@ -321,7 +346,7 @@ def synthesize(
     )
     for k, cam in enumerate(cameras):
         background = BACKGROUNDS.build(cfg.background, assets, cfg, cfg.width, cfg.height, k)
-        renderer = SceneRenderer(cfg, background, by_name)
+        renderer = SceneRenderer(cfg, background, by_name, styles[k])
         mine = sorted((p for p in plans if p.camera_index == k), key=lambda p: p.walk.first_frame)
         writer = video_writer(out / cam.video, cfg.fps, cfg.width, cfg.height)
         try:
@@ -349,6 +374,14 @@ def apply_synth_flags(cfg: Config, args: argparse.Namespace) -> ScenesConfig:
         sc.seed = args.seed
     if args.fps is not None:
         sc.fps = float(args.fps)
+    if args.style:
+        sc.style = args.style
+    if args.pool:
+        try:
+            sc.pool = [int(v) for v in args.pool.split("/")]
+        except ValueError:
+            raise ValueError(f"--pool {args.pool!r}: expected K/N, e.g. 0/2") from None
+        pool_part(sc.pool)
     if args.size:
         try:
             w, h = (int(v) for v in args.size.lower().split("x"))
@@ -368,6 +401,8 @@ def add_arguments_run_synth(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="layout seed (scenes.seed)")
     parser.add_argument("--fps", type=float, help="frame rate (scenes.fps)")
     parser.add_argument("--size", help="frame size WxH (scenes.width/height)")
+    parser.add_argument("--style", help="camera style preset, e.g. site1 (scenes.style)")
+    parser.add_argument("--pool", help="identity pool K/N: part K of N of the people (scenes.pool)")
     parser.add_argument(
         "--check-detector",
         type=int,
@@ -382,11 +417,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
     cfg = load_cli_config(args)
     sc = apply_synth_flags(cfg, args)
-    out = (
-        Path(args.out)
-        if args.out
-        else Path(sc.out_dir) / (f"{Path(sc.dataset).name}-{sc.identities}id-seed{sc.seed}")
-    )
+    out = Path(args.out) if args.out else Path(sc.out_dir) / scene_name(sc)
     truth = synthesize(sc, Assets.from_config(cfg.assets), out, cfg.data.train_split)
     pairs = sum(1 for cams in truth.cross_camera_pids().values() if len(cams) > 1)
     print(
@@ -402,6 +433,17 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.check_detector:
         print_detector_recall(cfg, out, every=args.check_detector)
     return 0
+
+
+def scene_name(sc: ScenesConfig) -> str:
+    """Default folder name: dataset, size and seed, then the style and pool when not default."""
+    name = f"{Path(sc.dataset).name}-{sc.identities}id-seed{sc.seed}"
+    if sc.style and sc.style != "none":
+        name += f"-{sc.style}"
+    part, parts = pool_part(sc.pool)
+    if parts > 1:
+        name += f"-pool{part}of{parts}"
+    return name
 
 
 def print_detector_recall(cfg: Config, scene_dir: Path, every: int = 1) -> None:

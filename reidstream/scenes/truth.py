@@ -76,6 +76,7 @@ class CameraInfo:
     name: str
     video: str  # file name relative to the scene folder
     dataset_camera: int  # 1-based camera id of the dataset images shown here
+    style: dict[str, Any] = field(default_factory=dict)  # CameraStyle fields that differ
 
 
 @dataclass

@@ -144,6 +144,27 @@ def check_resources(per_worker: dict[str, float], workers: int, can_scale: bool)
     raise ValueError(msg)
 
 
+def absolute_paths(cfg: Config) -> Config:
+    """Local paths the user gave relative to where they are, made absolute: Ray Train workers
+    run in another folder. Names that are not existing paths (a dataset or asset name, a
+    URI) stay as they are."""
+
+    def fix(value: str) -> str:
+        if not value or is_uri(value) or Path(value).is_absolute():
+            return value
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.exists() else value
+
+    return dataclasses.replace(
+        cfg,
+        assets=dataclasses.replace(
+            cfg.assets, assets_dir=fix(cfg.assets.assets_dir), data_dir=fix(cfg.assets.data_dir)
+        ),
+        data=dataclasses.replace(cfg.data, target=fix(cfg.data.target)),
+        train=dataclasses.replace(cfg.train, init_checkpoint=fix(cfg.train.init_checkpoint)),
+    )
+
+
 def _worker_env() -> dict[str, str]:
     keys = ("REIDSTREAM_ASSETS", "REIDSTREAM_DATA", "YOLO_OFFLINE", "YOLO_AUTOINSTALL")
     return {k: os.environ[k] for k in keys if k in os.environ}
@@ -156,7 +177,7 @@ def run_training(cfg: Config, resume: bool = False) -> TrainOutcome:
     is an error rather than a silent continuation of an old run under a reused name.
     """
     storage, name = run_folder(cfg)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, name=name))
+    cfg = absolute_paths(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, name=name)))
     if not is_uri(storage):
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, storage_path=storage))
     run_dir = Path(storage) / name

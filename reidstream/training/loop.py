@@ -18,14 +18,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from reidstream.assets import Assets
 from reidstream.config import Config, build_dataclass
 from reidstream.device import autocast, mixed_precision_dtype
+from reidstream.training.context import EpochContext, Rank
 from reidstream.training.data import TrainData, load_train_data
-from reidstream.training.objectives import Objective, build_objective, objective_name
+from reidstream.training.objectives import (
+    Objective,
+    build_objective,
+    objective_class,
+    objective_name,
+)
 from reidstream.training.optim import (
     BudgetClock,
     build_optimizer,
@@ -46,16 +53,8 @@ from reidstream.training.state import (
 
 log = logging.getLogger(__name__)
 
-
-@dataclasses.dataclass
-class Rank:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+# Modules a model may add on top of the checkpoint it starts from (PAUL's patch generator).
+NEW_MODULE_PREFIXES = ("pgn.",)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -70,12 +69,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if rank.device.type == "cpu":
         torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     assets = Assets.from_config(cfg.assets)
-    data = load_train_data(cfg, assets)
+    kind = objective_class(cfg.train, cfg.model.name)
+    data = load_train_data(cfg, assets, with_sources=kind.uses_sources(cfg))
     if rank.is_main:
         log.info("%s", data.summary())
 
     model = build_run_model(cfg, data, assets)
-    objective = build_objective(model, cfg.train)
+    objective = build_objective(model, cfg, data)
     sampler, loader = build_loader(cfg, data, objective_name(cfg.train, cfg.model.name), rank)
     steps_per_epoch = len(sampler)
     if cfg.train.max_steps_per_epoch > 0:
@@ -118,6 +118,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.train.epochs):
         if progress.finished:
             break
+        hook_started = time.perf_counter()
+        labels = objective.start_epoch(epoch_context(epoch, rank, objective, data, cfg))
+        if labels is not None:
+            sampler.relabel(labels)
+        # Re-clustering is part of the method's cost: it counts against the time budget.
+        progress.train_seconds += time.perf_counter() - hook_started
         sampler.set_epoch(epoch)
         stats, stopped = trainer.run_epoch(loader, epoch, steps_per_epoch, progress, resumed)
         progress.epoch = epoch + 1
@@ -134,32 +140,85 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         report_epoch(metrics, rank, objective, data, cfg, progress, optimizer, scheduler, scaler)
     if trainer.bar is not None:
         trainer.bar.close()
-    finish(cfg, rank, objective, data, assets, progress, optimizer, scheduler, scaler)
+    ctx = epoch_context(progress.epoch, rank, objective, data, cfg)
+    extra_meta = {**objective.export_meta(ctx), **site_calibration_meta(ctx, data, cfg)}
+    finish(cfg, rank, objective, data, assets, progress, optimizer, scheduler, scaler, extra_meta)
+
+
+def epoch_context(
+    epoch: int, rank: Rank, objective: Objective, data: TrainData, cfg: Config
+) -> EpochContext:
+    from reidstream.training.features import embed_records
+
+    def embed(indices):
+        return embed_records(objective.model, data.records, indices, cfg, rank)
+
+    return EpochContext(epoch=epoch, rank=rank, embed=embed)
+
+
+def site_calibration_meta(ctx: EpochContext, data: TrainData, cfg: Config) -> dict[str, Any]:
+    """With an unlabelled target: the final model's site calibration for the checkpoint."""
+    if data.target_start < 0 or not cfg.calibration.enabled:
+        return {}
+    from reidstream.adaptation.calibration import META_KEY, calibrate_records
+
+    target = data.target_records
+    vectors = ctx.embed(np.arange(data.target_start, len(data.records))).numpy()
+    calib = calibrate_records(vectors, target, data.cameras, data.cannot_link, cfg.calibration)
+    if ctx.rank.is_main:
+        log.info("%s", calib.describe())
+    return {META_KEY: calib.to_meta()}
 
 
 def build_run_model(cfg: Config, data: TrainData, assets: Assets):
-    """``model.*`` with the classifier and SIE table sized by the training data."""
+    """``model.*`` with the classifier and SIE table sized by the training data (no
+    classifier for objectives that train without one)."""
     from reidstream.models import build_model
 
+    kind = objective_class(cfg.train, cfg.model.name)
     model_cfg = dataclasses.replace(
         cfg.model,
-        num_classes=data.num_classes,
+        num_classes=data.num_classes if kind.uses_classifier else 0,
         num_cameras=data.num_cameras if cfg.model.sie else 0,
     )
     model = build_model(model_cfg, assets)
     if cfg.train.init_checkpoint:
-        init_from_checkpoint(model, cfg.train.init_checkpoint, assets)
+        init_from_checkpoint(model, cfg.train.init_checkpoint, assets, data.cameras)
     return model
 
 
-def init_from_checkpoint(model: torch.nn.Module, name: str, assets: Assets) -> None:
+def init_from_checkpoint(
+    model: torch.nn.Module, name: str, assets: Assets, cameras: list[str] | None = None
+) -> None:
     """Start from a trained checkpoint's weights (fine-tuning). Every weight must fit: a model
-    or class count that differs is an error, not a silently half-loaded network."""
+    or class count that differs is an error, not a silently half-loaded network.
+
+    Two differences are intended and handled: SIE rows are taken by camera *name* (a camera
+    the checkpoint never saw, e.g. a new site's, starts from the mean of its rows), and a
+    model built without classifier heads (contrastive objectives) leaves the checkpoint's out.
+    """
     from reidstream.models import load_checkpoint
 
     path = assets.asset(name)  # a shipped or asset name, or a path
-    loaded = load_checkpoint(path).model.state_dict()
+    checkpoint = load_checkpoint(path)
+    loaded = checkpoint.model.state_dict()
     own = model.state_dict()
+    if cameras is not None and "sie.table" in own and "sie.table" in loaded:
+        loaded["sie.table"] = _camera_rows(loaded["sie.table"], checkpoint.cameras.names, cameras)
+    if model.cfg.num_classes == 0:
+        dropped = [k for k in loaded if k not in own and ".classifier." in k]
+        for key in dropped:
+            del loaded[key]
+        if dropped:
+            log.info("init checkpoint: %d classifier weight(s) left out (no classifier here)",
+                     len(dropped))
+    # A patch generator added on top of a checkpoint without one starts from its stripes.
+    fresh = [k for k in own if k.startswith(NEW_MODULE_PREFIXES) and k not in loaded]
+    for key in fresh:
+        loaded[key] = own[key]
+    if fresh:
+        log.info("init checkpoint: %d weight(s) of new modules %s keep their initialisation",
+                 len(fresh), NEW_MODULE_PREFIXES)
     misfits = sorted(
         k for k in own.keys() | loaded.keys()
         if k not in own or k not in loaded or own[k].shape != loaded[k].shape
@@ -173,15 +232,32 @@ def init_from_checkpoint(model: torch.nn.Module, name: str, assets: Assets) -> N
     log.info("weights initialised from %s", path)
 
 
+def _camera_rows(table: torch.Tensor, trained: tuple[str, ...], wanted: list[str]) -> torch.Tensor:
+    """SIE rows in ``wanted`` order: a trained camera's own row, else the trained rows' mean.
+    (Camera-only tables: one row per camera.)"""
+    if table.shape[0] != len(trained):
+        return table  # a view table: rows are not cameras, leave it to the fit check
+    index = {name: i for i, name in enumerate(trained)}
+    mean = table.mean(0)
+    new = [c for c in wanted if c not in index]
+    if new:
+        log.info("init checkpoint: new camera(s) %s start from the mean SIE row", new)
+    return torch.stack([table[index[c]] if c in index else mean for c in wanted])
+
+
 def build_loader(cfg: Config, data: TrainData, objective: str, rank: Rank):
-    """Identity-balanced P x K batches (supervised) or DIMN episodes, disjoint per rank."""
+    """Identity-balanced P x K batches (supervised), DIMN episodes, or with an unlabelled
+    target P x K batches of its pseudo-labels (after a source batch when there are sources),
+    a fixed number of steps per epoch; disjoint per rank."""
     from reidstream.data.sampler import PKBatchSampler
     from reidstream.data.transforms import ImageDataset, build_train_transform
     from reidstream.training.episodes import EpisodeBatchSampler
 
     transform = build_train_transform(cfg.data, cfg.model.img_height, cfg.model.img_width)
     dataset = ImageDataset(data.records, transform)
-    if objective == "episodic":
+    if data.target_start >= 0:
+        sampler = target_sampler(cfg, data, rank)
+    elif objective == "episodic":
         sampler = EpisodeBatchSampler(
             data.records, cfg.train.episode_ids, rank.world, rank.rank, cfg.train.seed
         )
@@ -203,6 +279,28 @@ def build_loader(cfg: Config, data: TrainData, objective: str, rank: Rank):
         persistent_workers=workers > 0,
     )
     return sampler, loader
+
+
+def target_sampler(cfg: Config, data: TrainData, rank: Rank):
+    """Batches over the target's pseudo-labels (relabelled every epoch by the objective)."""
+    from reidstream.data.sampler import ConcatBatchSampler, CycledBatchSampler, PKBatchSampler
+
+    def pk(labels) -> PKBatchSampler:
+        return PKBatchSampler(
+            labels, cfg.data.ids_per_batch, cfg.data.images_per_id,
+            num_replicas=rank.world, rank=rank.rank, seed=cfg.train.seed,
+        )
+
+    n_target = len(data.target_records)
+    sampler = pk(range(n_target))  # placeholder labels until the first clustering
+    if data.target_start > 0:
+        source = pk([r.pid for r in data.source_records])
+        sampler = ConcatBatchSampler([source, sampler], [0, data.target_start])
+    steps = cfg.train.max_steps_per_epoch
+    if steps <= 0:  # about one pass over the target per epoch
+        per_step = cfg.data.ids_per_batch * cfg.data.images_per_id * rank.world
+        steps = max(1, n_target // per_step)
+    return CycledBatchSampler(sampler, steps)
 
 
 def restore_weights(folder: Path, objective: Objective) -> dict[str, Any]:
@@ -260,12 +358,12 @@ class _Stepper:
         for _ in range(steps):
             if cfg.fail_at_step >= 0 and progress.step == cfg.fail_at_step and not resumed:
                 simulate_crash(rank)
-            batch, pids, camids, _ = next(it)
+            batch, pids, camids, index = next(it)
             batch = batch.to(rank.device, non_blocking=True)
             pids = pids.to(rank.device, non_blocking=True)
             camids = camids.to(rank.device, non_blocking=True)
             with autocast(rank.device, cfg.amp, cpu_bf16=True):
-                loss, parts = self.ddp(batch, pids, camids)
+                loss, parts = self.ddp(batch, pids, camids, index)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
@@ -367,7 +465,7 @@ def progress_bar(rank: Rank, total: int, enabled: bool):
 
 
 def _meta(cfg: Config, data: TrainData, progress: Progress) -> dict[str, Any]:
-    return {
+    meta = {
         "mean": list(cfg.data.mean),
         "std": list(cfg.data.std),
         "train_sources": data.sources,
@@ -379,14 +477,20 @@ def _meta(cfg: Config, data: TrainData, progress: Progress) -> dict[str, Any]:
         "train_config": dataclasses.asdict(cfg.train),
         "data_config": dataclasses.asdict(cfg.data),
     }
+    if data.target_start >= 0:
+        meta["train_target"] = data.target
+        meta["train_target_images"] = len(data.target_records)
+        meta["objective"] = objective_name(cfg.train, cfg.model.name)
+    return meta
 
 
 def write_checkpoint(
-    folder: Path, objective, data, cfg, progress, optimizer, scheduler, scaler, half=False
+    folder: Path, objective, data, cfg, progress, optimizer, scheduler, scaler, half=False,
+    extra_meta: dict[str, Any] | None = None,
 ) -> None:
     from reidstream.models import save_checkpoint
 
-    meta = _meta(cfg, data, progress)
+    meta = {**_meta(cfg, data, progress), **(extra_meta or {})}
     save_checkpoint(folder / MODEL_FILE, objective.model, data.cameras, meta, half=half)
     if half:
         save_checkpoint(folder / MODEL_FP32_FILE, objective.model, data.cameras, meta)
@@ -416,7 +520,9 @@ def report_epoch(metrics, rank, objective, data, cfg, progress, optimizer, sched
         )
 
 
-def finish(cfg, rank, objective, data, assets, progress, optimizer, scheduler, scaler) -> None:
+def finish(
+    cfg, rank, objective, data, assets, progress, optimizer, scheduler, scaler, extra_meta=None
+) -> None:
     """Rank 0 exports ``model.pt``, evaluates it and reports both as the final checkpoint."""
     import ray.train
 
@@ -435,6 +541,7 @@ def finish(cfg, rank, objective, data, assets, progress, optimizer, scheduler, s
             scheduler,
             scaler,
             half=cfg.train.export_half,
+            extra_meta=extra_meta,
         )
         write_json(folder / HISTORY_FILE, progress.history)
         metrics: dict[str, Any] = {"final": 1, "epoch": progress.epoch, "step": progress.step}

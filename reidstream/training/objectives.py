@@ -9,13 +9,16 @@ centers included) is synchronised by DDP, and a model whose training needs more 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from reidstream.config import TrainConfig
+from reidstream.config import Config, TrainConfig
 from reidstream.device import full_precision
 from reidstream.registry import Registry
+from reidstream.training.context import EpochContext
 from reidstream.training.losses import LOSSES
 
 OBJECTIVES: Registry = Registry("objective")
@@ -30,9 +33,24 @@ def objective_name(cfg: TrainConfig, model_name: str) -> str:
 
 
 class Objective(nn.Module):
-    """``forward(images, pids, camids) -> (loss, {part: value})``; hooks around the step."""
+    """``forward(images, pids, camids, index) -> (loss, {part: value})``; hooks around it.
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+    Hooks, all run on every rank: :meth:`start_epoch` before each epoch (re-clustering;
+    returning new labels re-draws the batches), :meth:`after_step` after each optimizer step
+    (memory banks), :meth:`export_meta` at the end (what the exported checkpoint should also
+    carry). ``index`` is each sample's position in the training records.
+    """
+
+    uses_classifier = True  # False: the model is built without ID classifier heads
+
+    @classmethod
+    def uses_sources(cls, cfg: Config) -> bool:
+        """Whether the run needs the labelled sources (False: target data only)."""
+        return True
+
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, run: Config | None = None, data: Any = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
@@ -41,8 +59,16 @@ class Objective(nn.Module):
         """Parameters the optimizer should give ``train.center_lr`` (none by default)."""
         return []
 
+    def start_epoch(self, ctx: EpochContext) -> np.ndarray | None:
+        """Before each epoch: new labels for the sampled records (pseudo-labels), or None."""
+        return None
+
     def after_step(self) -> None:
         """Called once per step after the optimizer step (memory banks, EMA, ...)."""
+
+    def export_meta(self, ctx: EpochContext) -> dict[str, Any]:
+        """Extra ``meta`` for the exported checkpoint (site calibration, ...)."""
+        return {}
 
     def loss_state_dict(self) -> dict[str, Tensor]:
         """Trainable loss state outside the model (saved with the training state)."""
@@ -74,7 +100,9 @@ class SupervisedObjective(Objective):
     ``L(global) + mean_j L(local_j)`` for both terms.
     """
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, run: Config | None = None, data: Any = None
+    ) -> None:
         super().__init__(model, cfg)
         self.id_loss = LOSSES.build(cfg.id_loss, epsilon=cfg.label_smoothing)
         self.metric_loss = (
@@ -93,7 +121,7 @@ class SupervisedObjective(Objective):
         return list(self.center_loss.parameters()) if self.center_loss is not None else []
 
     def forward(
-        self, images: Tensor, pids: Tensor, camids: Tensor
+        self, images: Tensor, pids: Tensor, camids: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.model(images, camids)
         with full_precision(images.device):
@@ -135,7 +163,9 @@ class EpisodicObjective(Objective):
     their mapped weights, gathered from every rank so all replicas keep the same bank.
     """
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, run: Config | None = None, data: Any = None
+    ) -> None:
         super().__init__(model, cfg)
         for attr in ("map_gallery", "score", "update_memory", "memory"):
             if not hasattr(model, attr):
@@ -150,7 +180,7 @@ class EpisodicObjective(Objective):
         self._pending: tuple[Tensor, Tensor] | None = None
 
     def forward(
-        self, images: Tensor, pids: Tensor, camids: Tensor
+        self, images: Tensor, pids: Tensor, camids: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if images.shape[0] % 2:
             raise ValueError("an episode batch is N gallery then N probe images (even size)")
@@ -206,5 +236,12 @@ class EpisodicObjective(Objective):
         self.model.update_memory(weights, labels)
 
 
-def build_objective(model: nn.Module, cfg: TrainConfig) -> Objective:
-    return OBJECTIVES.build(objective_name(cfg, model.cfg.name), model, cfg)
+def objective_class(cfg: TrainConfig, model_name: str) -> type[Objective]:
+    """The registered class of the run's objective (site-adaptation ones included)."""
+    import reidstream.adaptation.objectives  # noqa: F401  (registers spcl, paul)
+
+    return OBJECTIVES.get(objective_name(cfg, model_name))
+
+
+def build_objective(model: nn.Module, cfg: Config, data: Any = None) -> Objective:
+    return objective_class(cfg.train, model.cfg.name)(model, cfg.train, cfg, data)

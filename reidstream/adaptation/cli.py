@@ -1,0 +1,54 @@
+"""``reidstream harvest stats DIR``: what a harvest folder holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments_run_harvest(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["stats"], help="stats: summarise a harvest folder")
+    parser.add_argument("folder", help="the harvest folder (harvest.dir of a pipeline run)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run_harvest(args: argparse.Namespace) -> int:
+    from reidstream.adaptation.harvest import harvest_stats
+
+    stats = harvest_stats(args.folder)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    span = ""
+    if stats["first_ts_ms"] is not None:
+        span = f", {(stats['last_ts_ms'] - stats['first_ts_ms']) / 1000.0:.1f} s of capture time"
+    print(f"harvest {stats['folder']}: {stats['crops']} crops of {stats['tracks']} tracks "
+          f"({stats['crops_per_track']} per track){span}")
+    print(f"  {stats['shards']} shard(s), {stats['bytes'] / 1e6:.1f} MB; model version(s): "
+          f"{', '.join(stats['model_versions'])}")
+    print(f"  crop quality p10 / p50 / p90: {stats['quality_p10_p50_p90']}")
+    print(f"  {'camera':<16} {'tracks':>7} {'crops':>7}")
+    for camera, row in sorted(stats["cameras"].items()):
+        print(f"  {camera:<16} {row['tracks']:>7} {row['crops']:>7}")
+    return 0
+
+
+def add_arguments_run_calibrate(parser: argparse.ArgumentParser) -> None:
+    from reidstream.cli import add_config_arguments
+
+    parser.add_argument("checkpoint", help="checkpoint to calibrate (a path or a shipped name)")
+    parser.add_argument("--harvest", required=True, help="harvest folder of the site")
+    parser.add_argument("--out", required=True, help="where to write the calibrated checkpoint")
+    add_config_arguments(parser)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Derive a site calibration for a checkpoint from a harvest and write a copy with it."""
+    from reidstream.adaptation.calibration import calibrate_harvest
+    from reidstream.cli import load_cli_config
+
+    cfg = load_cli_config(args)
+    calib, out = calibrate_harvest(args.checkpoint, args.harvest, args.out, cfg)
+    print(calib.describe())
+    print(f"calibrated checkpoint: {out}")
+    return 0

@@ -1,0 +1,172 @@
+"""SpCL (Ge et al., NeurIPS 2020) as a training objective: self-paced contrastive learning
+with a hybrid memory, re-clustered every epoch.
+
+Modes (``spcl.mode``):
+
+- ``adaptation``: labelled sources (``train.datasets`` / ``data.dataset``) and the
+  unlabelled target (``data.target``) in every batch; the memory holds source class centroids,
+  target cluster centroids and un-clustered target instances.
+- ``unsupervised``: the target alone.
+
+Each epoch starts by clustering the memory's target features (:mod:`.cluster`) with what the
+site gives for free, each switchable: tracks as must-links (``spcl.must_link``), overlapping
+tracks of a camera as cannot-links (``spcl.cannot_link``), and per-camera centring
+(``spcl.camera_centre``); the model's SIE rows for the site's cameras train with everything
+else. The unified contrastive loss then pulls each feature to its class entry, and the memory
+follows by momentum after every step.
+
+**One memory on every rank**: the memory is identical on all Ray Train workers because (1) it
+is initialised from the same gathered embeddings (:func:`reidstream.training.features.
+embed_records`), (2) rank 0 clusters and broadcasts the labels, and (3) after each step every
+rank gathers all ranks' batch features and indices (``all_gather``) and applies the same
+momentum updates in rank order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reidstream.adaptation.cluster import ClusterParams, pseudo_labels
+from reidstream.adaptation.memory import HybridMemory
+from reidstream.config import Config, TrainConfig
+from reidstream.device import full_precision
+from reidstream.training.context import EpochContext, all_gather_cat, broadcast_object
+from reidstream.training.objectives import OBJECTIVES, Objective
+
+log = logging.getLogger(__name__)
+
+MODES = ("adaptation", "unsupervised")
+
+
+def cluster_params(cfg: Any) -> ClusterParams:
+    return ClusterParams(
+        k1=cfg.k1,
+        k2=cfg.k2,
+        eps=cfg.eps,
+        eps_gap=cfg.eps_gap,
+        min_samples=cfg.min_samples,
+        reliability=cfg.reliability,
+        reliable_quantile=cfg.reliable_quantile,
+        camera_centre=cfg.camera_centre,
+    )
+
+
+@OBJECTIVES.register("spcl")
+class SpCLObjective(Objective):
+    uses_classifier = False
+
+    @classmethod
+    def uses_sources(cls, cfg: Config) -> bool:
+        if cfg.spcl.mode not in MODES:
+            raise ValueError(f"spcl.mode must be one of {MODES}, got {cfg.spcl.mode!r}")
+        return cfg.spcl.mode == "adaptation"
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, run: Config, data: Any) -> None:
+        super().__init__(model, cfg, run, data)
+        if data is None or data.target_start < 0:
+            raise ValueError("spcl needs an unlabelled target: set data.target")
+        self.spcl = run.spcl
+        self.params = cluster_params(run.spcl)
+        self.target_start = data.target_start
+        target = data.target_records
+        self.units = np.array(
+            [r.track if r.track >= 0 and self.spcl.must_link else -(i + 1)
+             for i, r in enumerate(target)],
+            dtype=np.int64,
+        )
+        self.cameras = np.array([r.camid for r in target], dtype=np.int64)
+        self.cannot = data.cannot_link if self.spcl.cannot_link else None
+        self.source_labels = np.array([r.pid for r in data.source_records], dtype=np.int64)
+        self._source_labels = torch.from_numpy(self.source_labels)
+        self.num_source = data.num_classes if self.source_labels.size else 0
+        self.memory: HybridMemory | None = None
+        self.thresholds: tuple[float, float] | None = None
+        self._pending: tuple[Tensor, Tensor] | None = None
+        self.last_clustering: dict[str, Any] = {}
+
+    # -- epoch start: memory and pseudo-labels ------------------------------------------------
+
+    def start_epoch(self, ctx: EpochContext) -> np.ndarray:
+        started = time.perf_counter()
+        if self.memory is None:
+            self._init_memory(ctx)
+        assert self.memory is not None
+        feats = self.memory.features.numpy()
+
+        def cluster() -> tuple[np.ndarray, dict[str, Any], tuple[float, float]]:
+            result = pseudo_labels(
+                feats,
+                self.params,
+                units=self.units,
+                cameras=self.cameras if self.spcl.camera_centre else None,
+                cannot_link=self.cannot,
+                thresholds=self.thresholds,
+            )
+            return result.labels, result.stats, result.thresholds
+
+        labels, stats, thresholds = broadcast_object(cluster() if ctx.rank.is_main else None)
+        self.thresholds = thresholds
+        self.memory.set_labels(torch.from_numpy(labels))
+        stats["seconds"] = round(time.perf_counter() - started, 1)
+        self.last_clustering = stats
+        if ctx.rank.is_main:
+            log.info("epoch %d pseudo-labels: %s", ctx.epoch + 1, stats)
+        return labels
+
+    def _init_memory(self, ctx: EpochContext) -> None:
+        n_source = len(self.source_labels)
+        target = ctx.embed(np.arange(self.target_start, self.target_start + len(self.units)))
+        centroids = None
+        if n_source:
+            source = ctx.embed(np.arange(n_source))
+            sums = torch.zeros((self.num_source, source.shape[1]))
+            sums.index_add_(0, torch.from_numpy(self.source_labels), source)
+            centroids = F.normalize(sums, dim=1)
+        self.memory = HybridMemory(
+            target, centroids, self.spcl.temperature, self.spcl.momentum
+        )
+
+    # -- the step -------------------------------------------------------------------------------
+
+    def forward(
+        self, images: Tensor, pids: Tensor, camids: Tensor, index: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.memory is None:
+            raise RuntimeError("spcl: start_epoch must run before the first step")
+        if index is None:
+            raise ValueError("spcl needs the dataset index of every sample")
+        out = self.model(images, camids)
+        with full_precision(images.device):
+            feats = F.normalize(out.extras["embedding"].float(), dim=1)
+            is_target, targets = self._targets(index)
+            loss, acc = self.memory.loss(
+                feats, is_target.to(feats.device), targets.to(feats.device)
+            )
+        self._pending = (feats.detach(), index.detach())
+        return loss, {"contrast": loss.detach(), "acc": acc}
+
+    def _targets(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """(is a target sample, its target sample index or source class) for dataset indices."""
+        index = index.cpu()
+        is_target = index >= self.target_start
+        source = self._source_labels[index.clamp(max=max(len(self._source_labels) - 1, 0))]
+        if not len(self._source_labels):
+            source = torch.zeros_like(index)
+        return is_target, torch.where(is_target, index - self.target_start, source)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self._pending is None or self.memory is None:
+            return
+        feats, index = self._pending
+        self._pending = None
+        # Every rank applies every rank's batch, in rank order: the memories stay identical.
+        feats, index = all_gather_cat(feats).cpu(), all_gather_cat(index).cpu()
+        self.memory.update(feats, *self._targets(index))
