@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("reidstream.training.cli", "run_train", "train a re-id model as a Ray Train job"),
     "synth": ("reidstream.scenes.synth", "run_synth", "render a multi-camera scene with truth"),
     "score": ("reidstream.scenes.score", "run_score", "score tracks and match events on a scene"),
+    "restyle": ("reidstream.scenes.restyle", "run_restyle",
+                "a dataset seen through a site's camera styles"),
     "harvest": ("reidstream.adaptation.cli", "run_harvest", "inspect harvested track crops"),
     "calibrate": ("reidstream.adaptation.cli", "run_calibrate",
                   "calibrate a checkpoint for a site from its harvest"),

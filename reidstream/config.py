@@ -77,6 +77,7 @@ class DataConfig:
     degrade_prob: float
     degrade_min_height: int
     degrade_jpeg_quality: list[int]
+    camera_transfer: float
     mean: list[float]
     std: list[float]
 
@@ -94,6 +95,7 @@ class EvalConfig:
     max_rank: int
     metric: str
     cameras: str
+    camera_names: list[str]
     max_queries: int
     max_gallery: int
     output_dir: str
@@ -276,6 +278,7 @@ class TrainConfig:
     warmup_factor: float
     final_lr_factor: float
     amp: bool
+    freeze_bn_stats: bool
     grad_clip: float
     seed: int
     id_loss: str

@@ -340,3 +340,104 @@ def test_paul_losses_and_bank_updates(tmp_path):
     objective.after_step()
     changed = (objective.banks - before).abs().sum(dim=(0, 2)) > 0
     assert changed.tolist() == [True, False, False, True, False, False]
+
+
+# ---- harvest ----------------------------------------------------------------------------------
+
+
+def _crop(camera: str, session: str, track: int, start: int, end: int, colour: int = 120):
+    from reidstream.adaptation.harvest import HarvestCrop
+
+    image = np.full((48, 24, 3), colour, np.uint8)
+    image[::4] = 255 - colour  # some texture, so JPEG sizes differ from zero
+    return HarvestCrop(image, camera, session, track, start, end, end // 100, end,
+                       [1.0, 2.0, 25.0, 50.0], 0.8, "model-a")
+
+
+def test_harvest_writes_parquet_shards_and_reads_them_back(tmp_path):
+    from reidstream.adaptation.harvest import HarvestWriter, harvest_stats, read_harvest
+    from reidstream.training.data import harvest_records
+
+    cfg = dataclass_replace(load_config().harvest, dir=str(tmp_path), rows_per_shard=3,
+                            flush_seconds=3600.0)
+    writer = HarvestWriter(cfg)
+    crops = [
+        _crop("cam1", "s1", 1, 0, 5000), _crop("cam1", "s1", 1, 0, 5000),
+        _crop("cam1", "s1", 2, 4000, 9000),  # overlaps track 1: a cannot-link
+        _crop("cam1", "s1", 3, 9500, 12000),  # after both: no constraint
+        _crop("cam1", "s2", 1, 0, 5000),  # another tracker life: ids restart, not the same
+        _crop("cam2", "s3", 1, 0, 5000),  # another camera: no constraint
+    ]
+    assert writer.add(crops) == 6
+    writer.close()
+    table = read_harvest(tmp_path)
+    assert table.num_rows == 6
+    assert table.column("model_version").to_pylist() == ["model-a"] * 6
+    stats = harvest_stats(tmp_path)
+    assert stats["crops"] == 6 and stats["tracks"] == 5 and stats["shards"] >= 2
+    assert stats["cameras"]["cam1"] == {"crops": 5, "tracks": 4}
+    records, cameras, cannot = harvest_records(tmp_path)
+    assert cameras == ["cam1", "cam2"]
+    assert len({r.track for r in records}) == 5
+    assert records[0].track == records[1].track and records[0].data
+    # rows keep their order: row 0 is session s1 track 1, row 2 the overlapping track 2
+    assert cannot.tolist() == [sorted([records[0].track, records[2].track])]
+
+
+def test_harvest_budget_evicts_oldest_shards_first(tmp_path):
+    from reidstream.adaptation.harvest import HarvestWriter, shard_files
+
+    cfg = dataclass_replace(load_config().harvest, dir=str(tmp_path), rows_per_shard=1,
+                            flush_seconds=3600.0, max_bytes=1)
+    writer = HarvestWriter(cfg)
+    for i in range(3):
+        writer.add([_crop("cam1", "s", i, 0, 1000, colour=40 * i)])
+        writer.flush()
+    writer.close()
+    shards = shard_files(tmp_path)
+    assert len(shards) == 1  # over budget: only the newest is kept
+    assert writer.shards_evicted == 2
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(shards[0]).column("track_id").to_pylist() == [2]
+
+
+def test_harvest_keeps_only_long_tracks_and_good_crops():
+    from types import SimpleNamespace
+
+    from reidstream.adaptation.harvest import crops_of_tracks
+
+    def crop(q):
+        return SimpleNamespace(image=np.zeros((4, 2, 3), np.uint8), quality=q, frame_index=1,
+                               ts_ms=1, box=np.zeros(4))
+
+    cfg = dataclass_replace(load_config().harvest, min_track_ms=800, min_quality=0.3,
+                            min_crops=2)
+    tracks = [
+        SimpleNamespace(camera="c", track_id=1, first_ts_ms=0, last_ts_ms=500,
+                        crops=[crop(0.9)] * 3),  # a glimpse
+        SimpleNamespace(camera="c", track_id=2, first_ts_ms=0, last_ts_ms=2000,
+                        crops=[crop(0.9), crop(0.1)]),  # one good crop only
+        SimpleNamespace(camera="c", track_id=3, first_ts_ms=0, last_ts_ms=2000,
+                        crops=[crop(0.9), crop(0.5), crop(0.1)]),
+    ]
+    out = crops_of_tracks(tracks, "s", "m", cfg)
+    assert [c.track_id for c in out] == [3, 3]
+
+
+def test_camera_colour_transfer_shows_a_crop_as_another_camera_sees_it():
+    from PIL import Image
+
+    from reidstream.data.transforms import CameraColourTransfer, lab_statistics
+
+    red = Image.fromarray(np.full((8, 4, 3), (200, 40, 40), np.uint8))
+    blue = Image.fromarray(np.full((8, 4, 3), (40, 40, 200), np.uint8))
+    transfer = CameraColourTransfer(1.0, {0: lab_statistics([red]), 1: lab_statistics([blue])})
+    shown, camid = transfer(red, 0)
+    assert camid == 1  # it now stands for camera 1's view (and takes its side information)
+    assert np.abs(np.asarray(shown).astype(int) - [40, 40, 200]).max() <= 3
+    never = CameraColourTransfer(0.0, {0: lab_statistics([red]), 1: lab_statistics([blue])})
+    same, camid = never(red, 0)
+    assert camid == 0 and np.array_equal(np.asarray(same), np.asarray(red))
+    unknown, camid = transfer(red, 7)
+    assert camid == 7 and np.array_equal(np.asarray(unknown), np.asarray(red))

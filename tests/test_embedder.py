@@ -191,3 +191,24 @@ def test_shipped_checkpoints_match_people_across_cameras(checkpoint, data_dir, a
     assert same.mean() > other.mean() + 0.1
     top1 = (sims.argmax(axis=1) == np.arange(len(pids))).mean()
     assert top1 >= 0.5, f"{checkpoint}: top-1 {top1:.2f} among {len(pids)} people"
+
+
+def test_site_calibration_centres_calibrated_cameras_only(tmp_path, crops):
+    """A checkpoint with a site calibration: crops of a calibrated camera lose that camera's
+    mean, others (and embed.site_calibration=false) are served as before."""
+    from reidstream.adaptation.calibration import META_KEY, LinkSetting, SiteCalibration
+
+    model = sie_model()
+    raw = Embedder(model, ["c1", "c2"], mean=MEAN, std=STD, device="cpu")
+    plain = raw.embed(crops[:3], ["c1", "c1", "c2"])
+    mean = plain[:2].mean(axis=0)
+    calib = SiteCalibration(["c1"], mean[None], pooled=LinkSetting(0.3, 0.05, 40))
+    path = save_checkpoint(tmp_path / "site.pt", model, ["c1", "c2"],
+                           {"mean": MEAN, "std": STD, META_KEY: calib.to_meta()})
+    served = Embedder.from_checkpoint(path, embed_cfg()).embed(crops[:3], ["c1", "c1", "c2"])
+    expected = plain[:2] - mean
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert np.allclose(served[:2], expected, atol=1e-5)
+    assert np.allclose(served[2], plain[2], atol=1e-6)  # c2 is not calibrated: untouched
+    off = Embedder.from_checkpoint(path, embed_cfg(site_calibration=False))
+    assert np.allclose(off.embed(crops[:3], ["c1", "c1", "c2"]), plain, atol=1e-6)

@@ -170,6 +170,9 @@ def test_rollout_mid_stream_loses_no_frame_and_never_mixes_models(pipeline_cfg, 
     frames = 100
     cfg = pipeline_cfg
     cfg.linker.journal = str(tmp_path / "journal.jsonl")
+    cfg.harvest.dir = str(tmp_path / "harvest")
+    # Not calibrated on arrival from whatever the harvest holds by then: same scale after.
+    cfg.embed.site_calibration = False
     rolled = tmp_path / "transreid-rolled.pt"
     shutil.copy(assets.asset("transreid_hybrid_cuhk03.pt"), rolled)
     ensure_topics(cfg.kafka, partitions=2)
@@ -215,6 +218,12 @@ def test_rollout_mid_stream_loses_no_frame_and_never_mixes_models(pipeline_cfg, 
     switch = versions_seen.index("transreid-rolled")
     assert set(versions_seen[:switch]) == {"transreid_hybrid_cuhk03"}
     assert set(versions_seen[switch:]) == {"transreid-rolled"}
+    # The harvest ran beside it, off the hot path: finished tracks' crops, versions named.
+    from reidstream.adaptation.harvest import harvest_stats
+
+    harvested = harvest_stats(cfg.harvest.dir)
+    assert harvested["crops"] > 0 and set(harvested["cameras"]) <= {"cam1", "cam2"}
+    assert set(harvested["model_versions"]) <= {"transreid_hybrid_cuhk03", "transreid-rolled"}
 
 
 def time_now() -> float:

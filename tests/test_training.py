@@ -462,3 +462,130 @@ def test_ablation_variants_are_valid_configs():
     assert loaded["bot"].model.name == "bot" and loaded["dimn"].model.name == "dimn"
     assert loaded["dimn"].train.datasets == [base.data.dataset]  # same data as TransReID
     assert all(cfg.train.max_minutes == 8 for cfg in loaded.values())
+
+
+# ---- site adaptation objectives on Ray Train ------------------------------------------------
+
+
+def _site_harvest(data_dir: Path, folder: Path) -> Path:
+    """A harvest folder from real test-split images: each (person, camera) a track of two
+    crops in camera "gate" or "lobby"; tracks of one camera overlap in time in pairs."""
+    import cv2
+
+    from reidstream.adaptation.harvest import HarvestCrop, HarvestWriter
+    from reidstream.data.market import read_market_folder
+
+    records = read_market_folder(data_dir / "cuhk03-labeled" / "bounding_box_test")
+    by_key: dict = {}
+    for rec in records:
+        by_key.setdefault((rec.pid, rec.camid), []).append(rec)
+    keys = [k for k in sorted(by_key) if len(by_key[k]) >= 2][:24]
+    cfg = dataclasses.replace(load_config().harvest, dir=str(folder), flush_seconds=3600.0)
+    writer = HarvestWriter(cfg)
+    per_camera: dict[int, int] = {}
+    for i, (pid, camid) in enumerate(keys):
+        n = per_camera[camid] = per_camera.get(camid, -1) + 1
+        start = (n // 2) * 10_000  # two tracks of a camera share each 10 s window
+        crops = [
+            HarvestCrop(cv2.imread(str(rec.path)), ["gate", "lobby"][camid], "s1", i, start,
+                        start + 4_000, j, start + 1000 * j, [0, 0, 64, 128], 0.9, "test")
+            for j, rec in enumerate(by_key[(pid, camid)][:2])
+        ]
+        writer.add(crops)
+    writer.close()
+    return folder
+
+
+@pytest.mark.slow
+def test_spcl_two_workers_adapt_with_one_memory_and_export_a_calibration(
+    ray_local, assets_dir, data_dir, tmp_path
+):
+    """Domain adaptation on 2 gloo workers: labelled source + a real harvest; the export has
+    SIE rows for the site's cameras, a site calibration, and both ranks ended with the same
+    memory (checked by the objective itself)."""
+    from reidstream.adaptation.calibration import SiteCalibration
+    from reidstream.models import load_checkpoint
+    from reidstream.training.job import run_training
+
+    harvest = _site_harvest(data_dir, tmp_path / "harvest")
+    cfg = _tiny_cfg(
+        assets_dir, data_dir, tmp_path,
+        **{
+            "model.name": "transreid", "model.backbone": "mobilenetv2", "model.depth": 1,
+            "model.jpm_groups": 2, "train.objective": "spcl", "train.workers": 2,
+            "train.epochs": 2, "data.target": str(harvest), "data.camera_transfer": 0.5,
+            "spcl.k1": 4, "spcl.k2": 2, "spcl.min_samples": 2,
+            "calibration.min_pairs": 2, "train.export_half": False,
+        },
+    )
+    outcome = run_training(cfg)
+    history = _history(outcome.run_dir)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(math.isfinite(h["loss"]) and "contrast" in h for h in history)
+    loaded = load_checkpoint(outcome.model_path)
+    assert loaded.cameras.to_list() == ["c1", "c2", "gate", "lobby"]
+    assert loaded.model.cfg.num_classes == 0  # trained without a classifier
+    assert loaded.meta["spcl"]["ranks_with_one_memory"] == 2
+    calib = SiteCalibration.from_meta(loaded.meta)
+    assert calib.cameras == ["gate", "lobby"] and calib.pooled is not None
+    from reidstream.training.data import harvest_records
+
+    _, _, cannot = harvest_records(harvest)
+    assert calib.pooled.impostors == len(cannot) >= 10  # one pair per shared window
+    assert loaded.meta["train_target_images"] == 48
+
+
+@pytest.mark.slow
+def test_paul_trains_end_to_end_from_a_checkpoint(ray_local, assets_dir, data_dir, tmp_path):
+    """PAUL on one worker: a patch generator added to a trained checkpoint, two views of each
+    harvested crop, both losses, the export embeds with the patches."""
+    import torch as _torch
+
+    from reidstream.models import build_model, load_checkpoint, save_checkpoint
+    from reidstream.training.job import run_training
+
+    harvest = _site_harvest(data_dir, tmp_path / "harvest")
+    base = load_config(overrides={
+        "model.name": "transreid", "model.backbone": "mobilenetv2", "model.depth": 1,
+        "model.jpm": False, "model.pretrained": "", "model.num_cameras": 2,
+        "model.num_classes": 5, "model.img_height": 64, "model.img_width": 32,
+    })
+    _torch.manual_seed(0)
+    trained = save_checkpoint(tmp_path / "start.pt", build_model(base.model), ["c1", "c2"], {})
+    cfg = _tiny_cfg(
+        assets_dir, data_dir, tmp_path,
+        **{
+            "model.name": "transreid", "model.backbone": "mobilenetv2", "model.depth": 1,
+            "model.jpm": False, "model.pretrained": "", "model.patches": 2,
+            "train.objective": "paul", "train.init_checkpoint": str(trained),
+            "train.epochs": 1, "data.target": str(harvest), "data.images_per_id": 2,
+            "paul.neighbours": 3, "calibration.min_pairs": 2,
+        },
+    )
+    outcome = run_training(cfg)
+    history = _history(outcome.run_dir)
+    assert history[0]["pedal"] > 0 and math.isfinite(history[0]["ipfl"])
+    loaded = load_checkpoint(outcome.model_path)
+    assert loaded.model.pgn is not None and loaded.model.feature_dim == 192 * 3
+    assert loaded.cameras.to_list() == ["gate", "lobby"]  # target only: the site's cameras
+
+
+def test_init_checkpoint_maps_cameras_by_name_and_leaves_out_the_classifier(assets, tmp_path):
+    """A site's cameras get new SIE rows (the trained rows' mean), trained cameras keep
+    theirs by name in any order; a model without classifier leaves the checkpoint's out."""
+    from reidstream.models import build_model, save_checkpoint
+    from reidstream.training.loop import init_from_checkpoint
+
+    base = load_config(overrides={
+        "model.name": "transreid", "model.depth": 1, "model.jpm": False, "model.pretrained": "",
+        "model.num_classes": 5, "model.num_cameras": 2,
+    })
+    torch.manual_seed(0)
+    trained = build_model(base.model)
+    path = save_checkpoint(tmp_path / "trained.pt", trained, ["c1", "c2"], {})
+    site = build_model(dataclasses.replace(base.model, num_classes=0, num_cameras=3))
+    init_from_checkpoint(site, str(path), assets, ["c2", "gate", "c1"])
+    table = trained.sie.table.detach()
+    assert torch.equal(site.sie.table[0], table[1]) and torch.equal(site.sie.table[2], table[0])
+    assert torch.allclose(site.sie.table[1], table.mean(0))
+    assert torch.equal(site.blocks[0].attn.qkv.weight, trained.blocks[0].attn.qkv.weight)

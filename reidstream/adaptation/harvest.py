@@ -179,8 +179,9 @@ class HarvestWriter:
         """Write whatever is buffered now (in the caller's thread)."""
         with self._lock:
             rows, self._rows = self._rows, []
-        if rows:
-            self._write(rows)
+        size = self.cfg.rows_per_shard
+        for start in range(0, len(rows), size):
+            self._write(rows[start : start + size])
 
     def close(self) -> None:
         self._closed.set()

@@ -161,6 +161,20 @@ class SpCLObjective(Objective):
             source = torch.zeros_like(index)
         return is_target, torch.where(is_target, index - self.target_start, source)
 
+    def export_meta(self, ctx: EpochContext) -> dict[str, Any]:
+        """Checks that every rank ends with the same memory (the claim above) and says so."""
+        if self.memory is None:
+            return {}
+        digest = torch.tensor(
+            [float(self.memory.features.double().sum()), float(self.memory.source.double().sum())],
+            dtype=torch.float64,
+        )
+        every = all_gather_cat(digest[None].to(ctx.rank.device)).cpu()
+        if not torch.allclose(every, every[:1].expand_as(every), rtol=0, atol=1e-6):
+            raise RuntimeError(f"spcl: the ranks' memories differ: {every.tolist()}")
+        return {"spcl": {"ranks_with_one_memory": int(len(every)),
+                         "last_clustering": dict(self.last_clustering)}}
+
     @torch.no_grad()
     def after_step(self) -> None:
         if self._pending is None or self.memory is None:

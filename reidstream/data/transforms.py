@@ -16,6 +16,7 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -87,12 +88,69 @@ def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[C
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
 
-class ImageDataset(Dataset):
-    """Records -> ``(image, pid, camid, index)``; the index lets callers find the record again."""
+class CameraColourTransfer:
+    """With probability ``p``, show a crop as another camera of its site would: its colour
+    statistics (per-channel mean and spread in CIELAB) are replaced by those of a camera drawn
+    from the others. A site's cameras differ most in colour response; a track seen "through"
+    every camera is a cross-camera positive the site gives for free (CamStyle's idea, with
+    colour statistics instead of a generator).
 
-    def __init__(self, records: Sequence[ImageRecord], transform: Transform) -> None:
+    ``stats``: SIE camera row -> (mean[3], std[3]) of its crops' LAB pixels.
+    """
+
+    def __init__(self, p: float, stats: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"camera colour transfer probability must be in [0, 1], got {p}")
+        self.p = p
+        self.stats = {int(k): (np.asarray(m, np.float32), np.asarray(s, np.float32))
+                      for k, (m, s) in stats.items()}
+
+    def __call__(self, img: Image.Image, camid: int) -> tuple[Image.Image, int]:
+        """The image as camera ``new`` would show it, and ``new`` (its side information too:
+        the crop now stands for a view of that camera)."""
+        others = [c for c in self.stats if c != camid]
+        if camid not in self.stats or not others or random.random() >= self.p:
+            return img, camid
+        import cv2
+
+        new = random.choice(others)
+        mean, std = self.stats[camid]
+        new_mean, new_std = self.stats[new]
+        lab = cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2LAB).astype(np.float32)
+        lab = (lab - mean) / np.maximum(std, 1e-3) * new_std + new_mean
+        rgb = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+        return Image.fromarray(rgb), new
+
+
+def lab_statistics(images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of the images' CIELAB pixels (uint8 scale)."""
+    import cv2
+
+    pixels = np.concatenate([
+        cv2.cvtColor(np.asarray(img.convert("RGB")), cv2.COLOR_RGB2LAB).reshape(-1, 3)
+        for img in images
+    ]).astype(np.float32)
+    return pixels.mean(axis=0), pixels.std(axis=0)
+
+
+class ImageDataset(Dataset):
+    """Records -> ``(image, pid, camid, index)``; the index lets callers find the record again.
+
+    ``camera_transfer`` (optional) re-colours target-domain images (``domain >= target_domain``)
+    as other cameras of the site, before ``transform``.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        transform: Transform,
+        camera_transfer: CameraColourTransfer | None = None,
+        target_domain: int = 0,
+    ) -> None:
         self.records = list(records)
         self.transform = transform
+        self.camera_transfer = camera_transfer
+        self.target_domain = target_domain
 
     def __len__(self) -> int:
         return len(self.records)
@@ -100,7 +158,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
         rec = self.records[index]
         image = load_image(rec.data if rec.data is not None else rec.path)
-        return self.transform(image), rec.pid, rec.camid, index
+        camid = rec.camid
+        if self.camera_transfer is not None and rec.domain >= self.target_domain:
+            image, camid = self.camera_transfer(image, camid)
+        return self.transform(image), rec.pid, camid, index
 
     @property
     def pids(self) -> list[int]:

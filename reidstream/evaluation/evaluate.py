@@ -73,6 +73,7 @@ def extract_features(
     cameras: str = "index",
     progress: bool = True,
     desc: str = "features",
+    camera_names: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features float32 [N, D] L2-normalised, pids [N], camids [N]) for the records.
 
@@ -89,7 +90,13 @@ def extract_features(
         raise ValueError("batch_size must be >= 1")
     pids = np.array([r.pid for r in records], dtype=np.int64)
     camids = np.array([r.camid for r in records], dtype=np.int64)
-    cam_in = camids.tolist() if cameras == "index" else [-1] * len(records)
+    if camera_names:  # dataset camera k is the deployed camera camera_names[k]
+        if camids.max(initial=0) >= len(camera_names):
+            raise ValueError(f"eval.camera_names {list(camera_names)} names fewer cameras than "
+                             f"the dataset has ({camids.max() + 1})")
+        cam_in = [camera_names[c] for c in camids.tolist()]
+    else:
+        cam_in = camids.tolist() if cameras == "index" else [-1] * len(records)
     feats = []
     with tqdm(total=len(records), desc=desc, unit="img", disable=not progress) as bar:
         start = 0
@@ -219,7 +226,8 @@ def evaluate_embedder(
     when ``eval_cfg.rerank``, k-reciprocal re-ranked metrics."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    kw = {"batch_size": eval_cfg.batch_size, "cameras": eval_cfg.cameras, "progress": progress}
+    kw = {"batch_size": eval_cfg.batch_size, "cameras": eval_cfg.cameras, "progress": progress,
+          "camera_names": eval_cfg.camera_names}
     qf, q_pids, q_cams = extract_features(embedder, query, desc="query", **kw)
     gf, g_pids, g_cams = extract_features(embedder, gallery, desc="gallery", **kw)
     timings["features"] = time.perf_counter() - t0

@@ -225,6 +225,12 @@ class Pipeline:
         ]
         dim = ray.get(embedders[0].feature_dim.remote())
         calibration = ray.get(embedders[0].calibration.remote())
+        derived = False
+        if calibration is None and cfg.embed.site_calibration:
+            calibration = self._calibrate_on_arrival(embedders[0], cfg)
+            if calibration is not None:
+                derived = True
+                ray.get([e.set_calibration.remote(calibration) for e in embedders])
         gallery = ray.get(self.linker.rollout.remote(embedders[0], version, dim, calibration))
         ray.get([
             w.switch_embedder.remote(embedders[i % len(embedders)], version)
@@ -236,7 +242,36 @@ class Pipeline:
         seconds = round(time.monotonic() - started, 1)
         log.info("rolled out %s as %s in %.1f s: %s", path, version, seconds, gallery)
         return {"model_version": version, "checkpoint": path, "dim": dim, "seconds": seconds,
-                "gallery": gallery, "calibrated": calibration is not None}
+                "gallery": gallery, "calibrated": calibration is not None,
+                "calibration_derived": derived}
+
+    def _calibrate_on_arrival(self, embedder: Any, cfg: Config) -> Any:
+        """A checkpoint without a site calibration, rolled out where the pipeline harvests:
+        calibrate it on the harvest with the new model before it serves."""
+        import ray
+
+        from reidstream.adaptation.calibration import calibrate_records
+        from reidstream.adaptation.harvest import is_harvest
+        from reidstream.training.data import harvest_records
+
+        if not cfg.harvest.dir or not is_harvest(cfg.harvest.dir):
+            return None
+        import cv2
+
+        records, cameras, cannot = harvest_records(Path(cfg.harvest.dir))
+        vectors = []
+        for start in range(0, len(records), 256):
+            chunk = records[start : start + 256]
+            images = [cv2.imdecode(np.frombuffer(r.data, np.uint8), cv2.IMREAD_COLOR)
+                      for r in chunk]
+            vectors.append(ray.get(embedder.embed.remote(
+                images, [cameras[r.camid] for r in chunk])))
+        calibration = calibrate_records(
+            np.concatenate(vectors), records, cameras, cannot, cfg.calibration
+        )
+        log.info("calibrated the new model on arrival from %s:\n%s", cfg.harvest.dir,
+                 calibration.describe())
+        return calibration
 
     def _should_stop(self) -> bool:
         pc = self.cfg.pipeline

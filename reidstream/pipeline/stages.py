@@ -66,6 +66,10 @@ class EmbedderStage:
         """The site calibration the model came with (None without one): the linker's scale."""
         return self.embedder.calibration
 
+    def set_calibration(self, calibration: Any) -> None:
+        """A calibration derived for this model on arrival (it had none)."""
+        self.embedder.calibration = calibration
+
 
 class LinkerStage:
     def __init__(self, cfg: Config, dim: int, calibration: Any = None) -> None:

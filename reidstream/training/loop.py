@@ -254,7 +254,11 @@ def build_loader(cfg: Config, data: TrainData, objective: str, rank: Rank):
     from reidstream.training.episodes import EpisodeBatchSampler
 
     transform = build_train_transform(cfg.data, cfg.model.img_height, cfg.model.img_width)
-    dataset = ImageDataset(data.records, transform)
+    transfer, target_domain = None, 0
+    if data.target_start >= 0 and cfg.data.camera_transfer > 0:
+        transfer = camera_colour_transfer(data, cfg.data.camera_transfer, cfg.train.seed)
+        target_domain = data.records[data.target_start].domain
+    dataset = ImageDataset(data.records, transform, transfer, target_domain)
     if data.target_start >= 0:
         sampler = target_sampler(cfg, data, rank)
     elif objective == "episodic":
@@ -279,6 +283,23 @@ def build_loader(cfg: Config, data: TrainData, objective: str, rank: Rank):
         persistent_workers=workers > 0,
     )
     return sampler, loader
+
+
+def camera_colour_transfer(data: TrainData, p: float, seed: int, per_camera: int = 200):
+    """The target cameras' colour statistics, from up to ``per_camera`` crops of each."""
+    from reidstream.data.transforms import CameraColourTransfer, lab_statistics, load_image
+
+    rng = np.random.default_rng(seed)
+    by_camera: dict[int, list] = {}
+    for rec in data.target_records:
+        by_camera.setdefault(rec.camid, []).append(rec)
+    stats = {}
+    for camid, recs in by_camera.items():
+        chosen = rng.choice(len(recs), size=min(per_camera, len(recs)), replace=False)
+        images = [load_image(recs[i].data if recs[i].data is not None else recs[i].path)
+                  for i in chosen]
+        stats[camid] = lab_statistics(images)
+    return CameraColourTransfer(p, stats)
 
 
 def target_sampler(cfg: Config, data: TrainData, rank: Rank):
@@ -346,6 +367,8 @@ class _Stepper:
     ) -> tuple[dict[str, float], bool]:
         cfg, rank = self.cfg.train, self.rank
         self.ddp.train()
+        if cfg.freeze_bn_stats:
+            freeze_batchnorm_statistics(self.objective)
         # summed on the device: a .item() per step would stall a GPU every iteration
         sums: dict[str, torch.Tensor] = {}
         images = count = 0
@@ -404,6 +427,17 @@ class _Stepper:
         stats["epoch_seconds"] = seconds
         stats["train_seconds"] = progress.train_seconds
         return stats, stopped
+
+
+def freeze_batchnorm_statistics(module: torch.nn.Module) -> None:
+    """BatchNorm layers keep their running statistics (their affine weights still train).
+
+    Fine-tuning on another domain would otherwise pull every running mean and variance
+    towards the new images, which is much of what an adapted model forgets of its source.
+    """
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.eval()
 
 
 def simulate_crash(rank: Rank) -> None:
