@@ -83,9 +83,8 @@ class SpCLObjective(Objective):
         )
         self.cameras = np.array([r.camid for r in target], dtype=np.int64)
         self.cannot = data.cannot_link if self.spcl.cannot_link else None
-        self.source_labels = np.array([r.pid for r in data.source_records], dtype=np.int64)
-        self._source_labels = torch.from_numpy(self.source_labels)
-        self.num_source = data.num_classes if self.source_labels.size else 0
+        self.source_labels = torch.tensor([r.pid for r in data.source_records], dtype=torch.long)
+        self.num_source = data.num_classes if len(self.source_labels) else 0
         self.memory: HybridMemory | None = None
         self.thresholds: tuple[float, float] | None = None
         self._pending: tuple[Tensor, Tensor] | None = None
@@ -127,7 +126,7 @@ class SpCLObjective(Objective):
         if n_source:
             source = ctx.embed(np.arange(n_source))
             sums = torch.zeros((self.num_source, source.shape[1]))
-            sums.index_add_(0, torch.from_numpy(self.source_labels), source)
+            sums.index_add_(0, self.source_labels, source)
             centroids = F.normalize(sums, dim=1)
         self.memory = HybridMemory(
             target, centroids, self.spcl.temperature, self.spcl.momentum
@@ -156,8 +155,9 @@ class SpCLObjective(Objective):
         """(is a target sample, its target sample index or source class) for dataset indices."""
         index = index.cpu()
         is_target = index >= self.target_start
-        source = self._source_labels[index.clamp(max=max(len(self._source_labels) - 1, 0))]
-        if not len(self._source_labels):
+        if len(self.source_labels):
+            source = self.source_labels[index.clamp(max=len(self.source_labels) - 1)]
+        else:
             source = torch.zeros_like(index)
         return is_target, torch.where(is_target, index - self.target_start, source)
 

@@ -25,7 +25,6 @@ import numpy as np
 
 from reidstream.config import GalleryConfig, LinkerConfig
 from reidstream.pipeline.linker import Linker, TrackObservation
-from reidstream.pipeline.stages import match_event
 
 
 class LinkJournal:
@@ -134,7 +133,7 @@ def replay(
     for observations in batches:
         for decision in linker.link(observations):
             if decision.is_event:
-                out.events.append(match_event(decision, "replay").to_dict())
+                out.events.append(decision.event("replay").to_dict())
     # Final identities: a later link or retraction may have moved a track seen earlier.
     keys = {obs.key for observations in batches for obs in observations}
     out.global_ids = {key: linker.global_id_of(*key) for key in keys}

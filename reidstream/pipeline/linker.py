@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from reidstream.config import LinkerConfig
+from reidstream.ingest.wire import MATCH, RETRACT, MatchEvent
 
 if TYPE_CHECKING:
     from reidstream.adaptation.calibration import SiteCalibration
@@ -103,6 +104,25 @@ class LinkDecision:
     def is_event(self) -> bool:
         """A match or a retraction: something consumers of the events topic must hear."""
         return self.matched_camera is not None
+
+    def event(self, model_version: str) -> MatchEvent:
+        """The events-topic record of this decision (a match or a retraction)."""
+        obs = self.observation
+        assert obs is not None and self.matched_camera is not None
+        return MatchEvent(
+            global_id=self.global_id,
+            camera=obs.camera,
+            track_id=obs.track_id,
+            start_ms=obs.start_ms,
+            end_ms=obs.end_ms,
+            box=list(obs.box),
+            best_crop=obs.best_crop,
+            matched_camera=self.matched_camera,
+            matched_track_id=self.matched_track_id,
+            similarity=round(float(self.similarity), 4),
+            model_version=model_version,
+            kind=RETRACT if self.retracted else MATCH,
+        )
 
 
 @dataclass

@@ -305,7 +305,7 @@ class CameraWorker:
                 decisions = self._call(self.linker.link, observations)
             for decision in decisions:
                 if decision.is_event:
-                    events.append(match_event(decision, self.model_version))
+                    events.append(decision.event(self.model_version))
                     lat = _latency_ms(decision.observation.end_ms)
                     if lat is not None and decision.is_match:
                         stats.event_latency_ms.append(lat)
@@ -413,27 +413,6 @@ def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
-
-
-def match_event(decision: Any, model_version: str) -> Any:
-    """The events-topic record of a link decision (a match or a retraction)."""
-    from reidstream.ingest.wire import MATCH, RETRACT, MatchEvent
-
-    obs = decision.observation
-    return MatchEvent(
-        global_id=decision.global_id,
-        camera=obs.camera,
-        track_id=obs.track_id,
-        start_ms=obs.start_ms,
-        end_ms=obs.end_ms,
-        box=list(obs.box),
-        best_crop=obs.best_crop,
-        matched_camera=decision.matched_camera,
-        matched_track_id=decision.matched_track_id,
-        similarity=round(float(decision.similarity), 4),
-        model_version=model_version,
-        kind=RETRACT if decision.retracted else MATCH,
-    )
 
 
 def _encoded_crops(track: Any, keep: int) -> list[bytes]:

@@ -11,7 +11,6 @@ from reidstream.scenes.truth import (
     SceneTruth,
     TruthBox,
     Walk,
-    box_iou,
     frame_ts_ms,
     load_manifest,
 )
@@ -22,7 +21,6 @@ __all__ = [
     "SceneTruth",
     "TruthBox",
     "Walk",
-    "box_iou",
     "frame_ts_ms",
     "load_manifest",
 ]

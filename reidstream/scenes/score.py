@@ -67,8 +67,9 @@ from typing import Any
 
 import numpy as np
 
+from reidstream.detection.boxes import box_iou
 from reidstream.ingest.wire import MATCH, RETRACT
-from reidstream.scenes.truth import SceneTruth, box_iou
+from reidstream.scenes.truth import SceneTruth
 
 log = logging.getLogger(__name__)
 
@@ -298,12 +299,14 @@ class TrackIdentity:
 
 def best_truth_box(truth: SceneTruth, camera: str, frame: int, box: Sequence[float]):
     """(truth box, IoU) of the truth person that overlaps ``box`` most, or (None, 0)."""
-    best, best_iou = None, 0.0
-    for tb in truth.boxes_at(camera, frame):
-        iou = box_iou(box, tb.box)
-        if iou > best_iou:
-            best, best_iou = tb, iou
-    return best, best_iou
+    candidates = truth.boxes_at(camera, frame)
+    if not candidates:
+        return None, 0.0
+    ious = box_iou(np.asarray(box), np.array([tb.box for tb in candidates]))[0]
+    best = int(np.argmax(ious))
+    if ious[best] <= 0:
+        return None, 0.0
+    return candidates[best], float(ious[best])
 
 
 def assign_identities(

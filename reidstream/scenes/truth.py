@@ -14,7 +14,6 @@ t + 5 s shows the transit time a real deployment would see.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,17 +34,6 @@ def frame_ts_ms(frame: int, start_ms: int, fps: float) -> int:
 def ts_to_frame(ts_ms: float, start_ms: int, fps: float) -> int:
     """Nearest frame index of a capture time (the inverse of :func:`frame_ts_ms`)."""
     return int(round((ts_ms - start_ms) * fps / 1000.0))
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``[x1, y1, x2, y2]`` boxes."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 @dataclass(frozen=True)
