@@ -537,8 +537,9 @@ def test_spcl_two_workers_adapt_with_one_memory_and_export_a_calibration(
 
 @pytest.mark.slow
 def test_paul_trains_end_to_end_from_a_checkpoint(ray_local, assets_dir, data_dir, tmp_path):
-    """PAUL on one worker: a patch generator added to a trained checkpoint, two views of each
-    harvested crop, both losses, the export embeds with the patches."""
+    """PAUL on two workers: a patch generator added to a trained checkpoint, two views of each
+    harvested crop, both losses (DDP told that the cls head gets no gradient from them), the
+    export embeds with the patches."""
     import torch as _torch
 
     from reidstream.models import build_model, load_checkpoint, save_checkpoint
@@ -557,7 +558,7 @@ def test_paul_trains_end_to_end_from_a_checkpoint(ray_local, assets_dir, data_di
         **{
             "model.name": "transreid", "model.backbone": "mobilenetv2", "model.depth": 1,
             "model.jpm": False, "model.pretrained": "", "model.patches": 2,
-            "train.objective": "paul", "train.init_checkpoint": str(trained),
+            "train.objective": "paul", "train.init_checkpoint": str(trained), "train.workers": 2,
             "train.epochs": 1, "data.target": str(harvest), "data.images_per_id": 2,
             "paul.neighbours": 3, "calibration.min_pairs": 2,
         },

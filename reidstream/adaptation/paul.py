@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 @OBJECTIVES.register("paul")
 class PaulObjective(Objective):
     uses_classifier = False
+    trains_part_of_model = True  # the losses read the patches; the cls / JPM heads stay as they are
 
     @classmethod
     def uses_sources(cls, cfg: Config) -> bool:

@@ -90,7 +90,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # DDP wrap (and move to the device) before the optimizer exists, so that its state
     # (fresh or restored) lives on the device of the parameters.
-    ddp = ray.train.torch.prepare_model(objective)
+    ddp = ray.train.torch.prepare_model(
+        objective,
+        parallel_strategy_kwargs={"find_unused_parameters": kind.trains_part_of_model},
+    )
     if rank.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     optimizer = build_optimizer(

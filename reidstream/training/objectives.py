@@ -42,6 +42,8 @@ class Objective(nn.Module):
     """
 
     uses_classifier = True  # False: the model is built without ID classifier heads
+    # True: some of the model's parameters get no gradient from this loss (DDP must know)
+    trains_part_of_model = False
 
     @classmethod
     def uses_sources(cls, cfg: Config) -> bool:
