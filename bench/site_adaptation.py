@@ -2,7 +2,7 @@
 
     python bench/site_adaptation.py --style site1 --seed 21 [--identities-a 80]
         [--steps shipped,calibrated,spcl] [--train-args spcl.must_link=false ...]
-        [--tag NAME]
+        [--tag NAME] [--train-config train/configs/paul_cpu.yaml --tag paul --steps paul]
 
 For one camera style (a "site", ``reidstream/scenes/style.py``) and a seed, every step is a
 real ``reidstream`` command (printed before it runs; skipped when its output exists, so an
@@ -66,7 +66,9 @@ def main() -> None:
     parser.add_argument("--steps", default="shipped,calibrated,spcl")
     parser.add_argument("--train-config", default="train/configs/spcl_cpu.yaml")
     parser.add_argument("--train-args", nargs="*", default=[])
-    parser.add_argument("--tag", default="spcl", help="names the adapted run and its results")
+    parser.add_argument(
+        "--tag", default="spcl", help="names the adapted run and its results; a step of its own"
+    )
     args = parser.parse_args()
     style, seed = args.style, args.seed
     scene_a = Path(f"runs/synth/cuhk03-labeled-{args.identities_a}id-seed{seed}-{style}-pool0of2")
@@ -97,7 +99,7 @@ def main() -> None:
         run(["calibrate", "transreid_hybrid_cuhk03.pt", "--harvest", str(harvest), "--out",
              str(calibrated)], ROOT / calibrated)
         models["calibrated"] = str(calibrated)
-    if "spcl" in steps:
+    if args.tag in steps:  # the adapted model (``spcl`` by default; ``--tag paul`` for PAUL)
         name = f"{style}-seed{seed}-{args.tag}"
         run(["train", args.train_config, f"data.target={harvest}", f"train.name={name}",
              *args.train_args], ROOT / "runs/train" / name / "model.pt")
