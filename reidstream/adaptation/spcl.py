@@ -24,6 +24,7 @@ momentum updates in rank order.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -46,16 +47,9 @@ MODES = ("adaptation", "unsupervised")
 
 
 def cluster_params(cfg: Any) -> ClusterParams:
-    return ClusterParams(
-        k1=cfg.k1,
-        k2=cfg.k2,
-        eps=cfg.eps,
-        eps_gap=cfg.eps_gap,
-        min_samples=cfg.min_samples,
-        reliability=cfg.reliability,
-        reliable_quantile=cfg.reliable_quantile,
-        camera_centre=cfg.camera_centre,
-    )
+    """The clustering settings of an ``spcl`` config section (same names)."""
+    names = [f.name for f in dataclasses.fields(ClusterParams)]
+    return ClusterParams(**{name: getattr(cfg, name) for name in names})
 
 
 @OBJECTIVES.register("spcl")
