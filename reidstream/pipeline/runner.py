@@ -170,6 +170,8 @@ class Pipeline:
             if request is not None and not in_flight:
                 self._serve_rollout(request)
                 request = None
+                # The workers were paused for the roll-out, not idle: idleness counts from now.
+                self.stats.last_frame_at = time.monotonic()
                 if not self._should_stop():
                     in_flight = {w.step.remote(): w for w in self.workers}
                 continue
