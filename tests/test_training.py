@@ -590,3 +590,14 @@ def test_init_checkpoint_maps_cameras_by_name_and_leaves_out_the_classifier(asse
     assert torch.equal(site.sie.table[0], table[1]) and torch.equal(site.sie.table[2], table[0])
     assert torch.allclose(site.sie.table[1], table.mean(0))
     assert torch.equal(site.blocks[0].attn.qkv.weight, trained.blocks[0].attn.qkv.weight)
+
+
+def test_frozen_batchnorm_is_only_what_came_with_statistics():
+    """``train.freeze_bn_stats`` keeps the statistics a checkpoint brought; a layer new to the
+    run (PAUL's patch generator) has none and must still learn its own."""
+    from reidstream.training.loop import batchnorm_with_statistics
+
+    loaded, new = torch.nn.BatchNorm1d(4), torch.nn.BatchNorm1d(4)
+    loaded.train()(torch.randn(8, 4))  # as a checkpoint's layer: it has seen batches
+    model = torch.nn.Sequential(loaded, torch.nn.Linear(4, 4), new)
+    assert batchnorm_with_statistics(model) == [loaded]

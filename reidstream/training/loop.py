@@ -364,14 +364,16 @@ class _Stepper:
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.clock = clock
         self.bar = None
+        # chosen once, before any step: a layer new to this run learns its statistics throughout
+        self.frozen_bn = batchnorm_with_statistics(objective) if cfg.train.freeze_bn_stats else []
 
     def run_epoch(
         self, loader: DataLoader, epoch: int, steps: int, progress: Progress, resumed: bool
     ) -> tuple[dict[str, float], bool]:
         cfg, rank = self.cfg.train, self.rank
         self.ddp.train()
-        if cfg.freeze_bn_stats:
-            freeze_batchnorm_statistics(self.objective)
+        for layer in self.frozen_bn:  # train.freeze_bn_stats: they keep their statistics
+            layer.eval()
         # summed on the device: a .item() per step would stall a GPU every iteration
         sums: dict[str, torch.Tensor] = {}
         images = count = 0
@@ -432,15 +434,20 @@ class _Stepper:
         return stats, stopped
 
 
-def freeze_batchnorm_statistics(module: torch.nn.Module) -> None:
-    """BatchNorm layers keep their running statistics (their affine weights still train).
+def batchnorm_with_statistics(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """BatchNorm layers that already hold running statistics (from ``train.init_checkpoint``).
 
-    Fine-tuning on another domain would otherwise pull every running mean and variance
-    towards the new images, which is much of what an adapted model forgets of its source.
+    ``train.freeze_bn_stats`` keeps theirs (their affine weights still train): fine-tuning on
+    another domain would otherwise pull every running mean and variance towards the new
+    images, which is much of what an adapted model forgets of its source. A layer new to the
+    run (PAUL's patch generator) has seen no batch yet and learns its own.
     """
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
-            layer.eval()
+    return [
+        layer
+        for layer in module.modules()
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)
+        and (layer.num_batches_tracked is None or int(layer.num_batches_tracked) > 0)
+    ]
 
 
 def simulate_crash(rank: Rank) -> None:
