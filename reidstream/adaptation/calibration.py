@@ -235,20 +235,27 @@ def embed_harvest(checkpoint: str, harvest: str, cfg: Any):
     """(per-crop vectors, records, camera names, cannot-link pairs) of a harvest, embedded
     with ``checkpoint`` as the pipeline embeds crops (no site calibration applied)."""
     import dataclasses
+
+    from reidstream.models import Embedder
+
+    embed_cfg = dataclasses.replace(cfg.embed, site_calibration=False)
+    embedder = Embedder.from_checkpoint(_checkpoint_path(str(checkpoint), cfg), embed_cfg)
+    return embed_harvest_with(embedder.embed, harvest)
+
+
+def embed_harvest_with(embed: Any, harvest: str, batch: int = 256):
+    """:func:`embed_harvest` with any ``embed(images, camera_names) -> vectors`` (a local
+    embedder, or a pipeline's embedder actor)."""
     from pathlib import Path
 
     import cv2
 
-    from reidstream.models import Embedder
     from reidstream.training.data import harvest_records
 
-    embed_cfg = dataclasses.replace(cfg.embed, site_calibration=False)
-    embedder = Embedder.from_checkpoint(_checkpoint_path(str(checkpoint), cfg), embed_cfg)
     records, cameras, cannot = harvest_records(Path(harvest))
     vectors = []
-    batch = 256
     for start in range(0, len(records), batch):
         chunk = records[start : start + batch]
         images = [cv2.imdecode(np.frombuffer(r.data, np.uint8), cv2.IMREAD_COLOR) for r in chunk]
-        vectors.append(embedder.embed(images, [cameras[r.camid] for r in chunk]))
+        vectors.append(embed(images, [cameras[r.camid] for r in chunk]))
     return np.concatenate(vectors), records, cameras, cannot

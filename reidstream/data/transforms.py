@@ -84,6 +84,11 @@ def build_test_transform(cfg: DataConfig, height: int, width: int) -> Transform:
     return v2.Compose(steps + _to_normalised_tensor(cfg.mean, cfg.std))
 
 
+def load_record_image(rec: ImageRecord) -> Image.Image:
+    """A record's image: its bytes (a harvest) or its file."""
+    return load_image(rec.data if rec.data is not None else rec.path)
+
+
 def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[Callable]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
@@ -157,7 +162,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
         rec = self.records[index]
-        image = load_image(rec.data if rec.data is not None else rec.path)
+        image = load_record_image(rec)
         camid = rec.camid
         if self.camera_transfer is not None and rec.domain >= self.target_domain:
             image, camid = self.camera_transfer(image, camid)

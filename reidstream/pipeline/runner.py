@@ -252,25 +252,15 @@ class Pipeline:
         calibrate it on the harvest with the new model before it serves."""
         import ray
 
-        from reidstream.adaptation.calibration import calibrate_records
+        from reidstream.adaptation.calibration import calibrate_records, embed_harvest_with
         from reidstream.adaptation.harvest import is_harvest
-        from reidstream.training.data import harvest_records
 
         if not cfg.harvest.dir or not is_harvest(cfg.harvest.dir):
             return None
-        import cv2
-
-        records, cameras, cannot = harvest_records(Path(cfg.harvest.dir))
-        vectors = []
-        for start in range(0, len(records), 256):
-            chunk = records[start : start + 256]
-            images = [cv2.imdecode(np.frombuffer(r.data, np.uint8), cv2.IMREAD_COLOR)
-                      for r in chunk]
-            vectors.append(ray.get(embedder.embed.remote(
-                images, [cameras[r.camid] for r in chunk])))
-        calibration = calibrate_records(
-            np.concatenate(vectors), records, cameras, cannot, cfg.calibration
+        vectors, records, cameras, cannot = embed_harvest_with(
+            lambda images, names: ray.get(embedder.embed.remote(images, names)), cfg.harvest.dir
         )
+        calibration = calibrate_records(vectors, records, cameras, cannot, cfg.calibration)
         log.info("calibrated the new model on arrival from %s:\n%s", cfg.harvest.dir,
                  calibration.describe())
         return calibration

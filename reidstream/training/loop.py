@@ -290,7 +290,7 @@ def build_loader(cfg: Config, data: TrainData, objective: str, rank: Rank):
 
 def camera_colour_transfer(data: TrainData, p: float, seed: int, per_camera: int = 200):
     """The target cameras' colour statistics, from up to ``per_camera`` crops of each."""
-    from reidstream.data.transforms import CameraColourTransfer, lab_statistics, load_image
+    from reidstream.data.transforms import CameraColourTransfer, lab_statistics, load_record_image
 
     rng = np.random.default_rng(seed)
     by_camera: dict[int, list] = {}
@@ -299,8 +299,7 @@ def camera_colour_transfer(data: TrainData, p: float, seed: int, per_camera: int
     stats = {}
     for camid, recs in by_camera.items():
         chosen = rng.choice(len(recs), size=min(per_camera, len(recs)), replace=False)
-        images = [load_image(recs[i].data if recs[i].data is not None else recs[i].path)
-                  for i in chosen]
+        images = [load_record_image(recs[i]) for i in chosen]
         stats[camid] = lab_statistics(images)
     return CameraColourTransfer(p, stats)
 
