@@ -8,6 +8,11 @@ recall@k against exact numpy search. Prints a Markdown table.
 
     python bench/gallery_bench.py                      # the full grid (a few minutes on 2 cores)
     python bench/gallery_bench.py --sizes 10000 --dims 512 --kinds flat
+    python bench/gallery_bench.py --sizes 1000000 --dims 256 --kinds ivf hnsw --shards 2 \
+        --single 300                                   # the 1M-identity row (BENCHMARKS.md)
+
+``--single N`` also times N one-query searches (what the linker does per track) and reports
+their p50 / p99 in ms; MB/shard is the resident memory of a shard actor after the build.
 """
 
 from __future__ import annotations
@@ -38,14 +43,30 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--hnsw-ef-construction", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nprobe", type=int, default=0, help="ivf: lists visited (0: nlist/8)")
+    parser.add_argument("--single", type=int, default=0, help="one-query searches to time")
+    parser.add_argument("--per-identity", type=int, default=8, help="vectors per identity")
+    parser.add_argument("--family", type=int, default=0,
+                        help="identities per look-alike family (0: all independent)")
     return parser.parse_args()
 
 
-def embeddings(n: int, dim: int, rng: np.random.Generator, per_identity: int = 8):
-    """Unit vectors clustered by identity; returns (vectors, identity centres)."""
+def embeddings(
+    n: int, dim: int, rng: np.random.Generator, per_identity: int = 8, family: int = 0
+):
+    """Unit vectors clustered by identity; returns (vectors, identity centres, identity ids).
+
+    ``family`` > 0: identities come in look-alike families of that many (centres drawn around
+    a family centre), as re-id embeddings do (similar clothes, one camera's colour cast); 0:
+    independent identities, the worst case for an approximate index."""
     from reidstream.gallery import l2_normalize
 
-    centres = l2_normalize(rng.standard_normal((n // per_identity + 1, dim), dtype=np.float32))
+    count = n // per_identity + 1
+    centres = rng.standard_normal((count, dim), dtype=np.float32)
+    if family > 0:
+        families = rng.standard_normal((count // family + 1, dim), dtype=np.float32)
+        centres = families[np.arange(count) // family] + 0.8 * centres
+    centres = l2_normalize(centres)
     gid = np.arange(n) // per_identity
     vecs = np.empty((n, dim), np.float32)
     for lo in range(0, n, 20_000):  # in chunks: the noise of 100k x 1280 at once is 1 GB
@@ -64,7 +85,7 @@ def index_config(base, kind: str, size: int, shards: int, args: argparse.Namespa
         index=kind,
         num_shards=shards,
         nlist=nlist,
-        nprobe=max(8, nlist // 8),
+        nprobe=args.nprobe or max(8, nlist // 8),
         hnsw_m=args.hnsw_m,
         hnsw_ef_construction=args.hnsw_ef_construction,
         threads=max(1, args.num_cpus // shards),  # one shard gets every core, four share them
@@ -93,20 +114,27 @@ def main() -> int:
     )
     header = (
         "| D | vectors | index | shards | threads/shard | build s | ms/batch p50 | ms/batch p95 "
-        "| queries/s | recall@k | params |"
+        "| queries/s | recall@k | ms/query p50 / p99 | MB/shard | params |"
     )
     print(header)
-    print("|---" * 11 + "|")
+    print("|---" * 13 + "|")
     t_all = time.perf_counter()
     for dim in args.dims:
-        vecs_all, centres, gid_all = embeddings(max(args.sizes), dim, rng)
+        vecs_all, centres, gid_all = embeddings(
+            max(args.sizes), dim, rng, args.per_identity, args.family
+        )
         for size in args.sizes:
             vecs, gid = vecs_all[:size], gid_all[:size]
             ids = np.arange(size, dtype=np.int64)
             probe_gid = rng.integers(0, gid[-1] + 1, args.queries)
             noise = rng.standard_normal((args.queries, dim), dtype=np.float32)
             queries = l2_normalize(centres[probe_gid] + noise * (0.6 / math.sqrt(dim)))
-            exact = np.argsort(-(queries @ vecs.T), axis=1)[:, : args.k]
+            singles = l2_normalize(
+                centres[rng.integers(0, gid[-1] + 1, max(args.single, 1))]
+                + rng.standard_normal((max(args.single, 1), dim), dtype=np.float32)
+                * (0.6 / math.sqrt(dim))
+            )
+            exact = exact_top_k(queries, vecs, args.k)
             meta = [
                 {"global_id": int(g), "camera": "cam1", "track_id": int(i), "start_ms": int(i),
                  "end_ms": int(i)}
@@ -115,7 +143,8 @@ def main() -> int:
             for kind in args.kinds:
                 for shards in args.shards:
                     cfg = index_config(base, kind, size, shards, args)
-                    row = run_one(ShardedGallery, cfg, dim, ids, vecs, meta, queries, exact, args)
+                    row = run_one(ShardedGallery, cfg, dim, ids, vecs, meta, queries, exact, args,
+                                  singles)
                     params = {"flat": "exact", "ivf": f"nlist={cfg.nlist} nprobe={cfg.nprobe}"}
                     params["hnsw"] = (
                         f"M={cfg.hnsw_m} efC={cfg.hnsw_ef_construction} efS={cfg.hnsw_ef_search}"
@@ -123,7 +152,8 @@ def main() -> int:
                     print(
                         f"| {dim} | {size} | {kind} | {shards} | {cfg.threads} "
                         f"| {row['build_s']:.1f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} "
-                        f"| {row['qps']:.0f} | {row['recall']:.3f} | {params[kind]} |",
+                        f"| {row['qps']:.0f} | {row['recall']:.3f} | {row['single']} "
+                        f"| {row['mb_per_shard']:.0f} | {params[kind]} |",
                         flush=True,
                     )
         del vecs_all
@@ -132,7 +162,22 @@ def main() -> int:
     return 0
 
 
-def run_one(gallery_cls, cfg, dim, ids, vecs, meta, queries, exact, args) -> dict[str, float]:
+def exact_top_k(queries: np.ndarray, vecs: np.ndarray, k: int) -> np.ndarray:
+    """Exact inner-product top k, in chunks of the gallery (1M x 960 at once is 4 GB of sims)."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for lo in range(0, len(vecs), 100_000):
+        sims = queries @ vecs[lo : lo + 100_000].T
+        top = np.argpartition(-sims, min(k, sims.shape[1] - 1), axis=1)[:, :k]
+        best_s = np.concatenate([best_s, np.take_along_axis(sims, top, axis=1)], axis=1)
+        best_i = np.concatenate([best_i, top + lo], axis=1)
+        keep = np.argsort(-best_s, axis=1)[:, :k]
+        best_s = np.take_along_axis(best_s, keep, axis=1)
+        best_i = np.take_along_axis(best_i, keep, axis=1)
+    return best_i
+
+
+def run_one(gallery_cls, cfg, dim, ids, vecs, meta, queries, exact, args, singles) -> dict:
     t0 = time.perf_counter()
     gallery = gallery_cls.create(cfg, dim)
     try:
@@ -149,6 +194,15 @@ def run_one(gallery_cls, cfg, dim, ids, vecs, meta, queries, exact, args) -> dic
             t = time.perf_counter()
             gallery.search(queries, args.k)
             times.append(time.perf_counter() - t)
+        single = "-"
+        if args.single:
+            one = []
+            for q in singles:
+                t = time.perf_counter()
+                gallery.search(q[None], args.k)
+                one.append((time.perf_counter() - t) * 1000)
+            single = f"{np.percentile(one, 50):.2f} / {np.percentile(one, 99):.2f}"
+        mb = max(s["rss_bytes"] for s in gallery.stats()) / 1e6
     finally:
         gallery.shutdown()
     ms = np.asarray(times) * 1000
@@ -158,6 +212,8 @@ def run_one(gallery_cls, cfg, dim, ids, vecs, meta, queries, exact, args) -> dic
         "p95_ms": float(np.percentile(ms, 95)),
         "qps": args.queries / float(np.median(ms) / 1000),
         "recall": float(recall),
+        "single": single,
+        "mb_per_shard": mb,
     }
 
 

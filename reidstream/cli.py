@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "harvest": ("reidstream.adaptation.cli", "run_harvest", "inspect harvested track crops"),
     "calibrate": ("reidstream.adaptation.cli", "run_calibrate",
                   "calibrate a checkpoint for a site from its harvest"),
+    "export": ("reidstream.inference.cli", "run_export",
+               "export the detector and embedder to ONNX, check them in every runtime"),
 }
 
 

@@ -113,6 +113,14 @@ class EmbedConfig:
     camera_aliases: dict[str, str]
     flip: bool
     site_calibration: bool
+    backend: str
+    precision: str
+
+
+@dataclass
+class InferenceConfig:
+    cache_dir: str
+    auto_repeats: int
 
 
 @dataclass
@@ -193,6 +201,9 @@ class DetectionConfig:
     device: str
     half: bool
     min_box_height: int
+    backend: str
+    precision: str
+    stride: int
 
 
 @dataclass
@@ -215,6 +226,7 @@ class TrackingConfig:
     ref_crop_height: int
     border_margin: int
     truncation_penalty: float
+    stride_buffer: float
 
 
 @dataclass
@@ -226,7 +238,9 @@ class PipelineConfig:
     num_embedders: int
     max_poll_records: int
     poll_timeout_ms: int
+    detect_ahead: bool
     torch_threads: int
+    detector_threads: int
     detector_num_cpus: float
     embedder_num_cpus: float
     worker_num_cpus: float
@@ -374,6 +388,7 @@ class Config:
     data: DataConfig
     eval: EvalConfig
     embed: EmbedConfig
+    inference: InferenceConfig
     kafka: KafkaConfig
     detection: DetectionConfig
     tracking: TrackingConfig

@@ -35,6 +35,26 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return False
 
 
+@functools.cache
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's marketing name and core count, printed beside every speed figure: machines
+    of one kind differ (an AMD EPYC and an Intel Xeon VM of 2 cores are not the same speed)."""
+    import os
+    import platform
+
+    name = ""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine()
+    flags = "avx512_bf16" if cpu_has_bf16(cpuinfo) else ""
+    return f"{name}, {os.cpu_count()} cores" + (f", {flags}" if flags else "")
+
+
 def mixed_precision_dtype(device: torch.device, cpu_bf16: bool = False) -> torch.dtype | None:
     """fp16 on CUDA; bf16 on a CPU with native bf16 when ``cpu_bf16``; None: full precision.
 

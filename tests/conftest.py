@@ -109,3 +109,16 @@ def kafka_cfg(kafka_broker, request):
         max_block_ms=3000,
         reconnect_backoff_max_ms=1000,
     )
+
+
+@pytest.fixture(scope="session")
+def real_crops(data_dir: Path) -> list:
+    """Six real person crops (cuhk03-labeled query): stored size, and for two of them the
+    smaller or cut sizes a detector gives."""
+    import cv2
+
+    paths = sorted((data_dir / "cuhk03-labeled" / "query").glob("*.jpg"))[:6]
+    images = [cv2.imread(str(p)) for p in paths]
+    images[3] = cv2.resize(images[3], (47, 101))
+    images[4] = images[4][20:200, 10:100]
+    return images

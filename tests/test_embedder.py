@@ -34,13 +34,8 @@ def sie_model():
 
 
 @pytest.fixture(scope="module")
-def crops(data_dir: Path) -> list[np.ndarray]:
-    """Real crops at their stored size and, for two of them, smaller detector-like sizes."""
-    paths = sorted((data_dir / "cuhk03-labeled" / "query").glob("*.jpg"))[:5]
-    images = [cv2.imread(str(p)) for p in paths]
-    images[3] = cv2.resize(images[3], (47, 101))
-    images[4] = images[4][20:200, 10:100]
-    return images
+def crops(real_crops) -> list[np.ndarray]:
+    return real_crops[:5]
 
 
 @pytest.fixture(scope="module")

@@ -102,11 +102,19 @@ def _committed_and_next(cfg) -> tuple[dict, dict]:
 
 
 @pytest.mark.slow
-def test_pipeline_links_people_across_cameras_and_survives_bad_input(pipeline_cfg, assets):
+@pytest.mark.parametrize("less_work", [False, True], ids=["every-frame", "stride2-ahead"])
+def test_pipeline_links_people_across_cameras_and_survives_bad_input(
+    pipeline_cfg, assets, less_work
+):
+    """Also with the speed settings (detection on every other frame, detection of the next
+    batch overlapping the rest of this one): the same guarantees hold."""
     from reidstream.ingest.wire import MatchEvent, TrackSummary
     from reidstream.pipeline import Pipeline
 
     cfg = pipeline_cfg
+    if less_work:
+        cfg.detection.stride = 2
+        cfg.pipeline.detect_ahead = True
     expected_bad = _publish_scene_with_bad_records(cfg, assets.asset("vtest.avi"))
 
     pipeline = Pipeline(cfg).start()
@@ -230,3 +238,17 @@ def time_now() -> float:
     import time
 
     return time.monotonic()
+
+
+def test_actors_that_cannot_all_start_are_refused_up_front():
+    """Ray would leave an actor whose CPUs are not free pending for ever: a hang, not an
+    error. The defaults fit a 2-CPU machine with room for a roll-out's second embedder."""
+    from reidstream.pipeline.runner import check_cpu_budget
+
+    cfg = load_config()
+    check_cpu_budget(cfg, 2.0)
+    cfg.pipeline.num_workers, cfg.pipeline.num_detectors = 2, 2
+    with pytest.raises(ValueError, match=r"ask for 2\.5 CPUs .* has 2"):
+        check_cpu_budget(cfg, 2.0)
+    cfg.pipeline.detector_num_cpus = 0.25
+    check_cpu_budget(cfg, 2.0)

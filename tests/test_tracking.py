@@ -280,3 +280,56 @@ def test_stale_frames_reset_and_config_errors(cfg: TrackingConfig, clip) -> None
         CameraTracker(dataclasses.replace(cfg, gmc_method="magic"), FPS)
     with pytest.raises(ValueError, match="frame_rate"):
         CameraTracker(cfg, 0)
+
+
+def test_detection_stride_keeps_tracks_and_interpolates_boxes(cfg: TrackingConfig, clip) -> None:
+    """Every other frame detected (detection.stride 2): the same people are tracked, each
+    track's history still has a box per frame, and the filled boxes lie near the detector's."""
+    frames, dets = clip
+    full = CameraTracker(cfg, FPS, camera="c1")
+    every = _run(full, frames, dets)
+    strided = CameraTracker(cfg, FPS, camera="c1", detect_stride=2)
+    seen: dict[int, dict[int, np.ndarray]] = defaultdict(dict)
+    for i in range(0, N_FRAMES, 2):
+        for tb in strided.update(dets[i], frames[i], ts_ms=i * 100, frame_index=i):
+            seen[tb.track_id][i] = tb.box
+        strided.finished_tracks(i)
+    long_full = [v for v in every.values() if len(v) >= 30]
+    long_strided = [v for v in seen.values() if len(v) >= 15]
+    assert len(long_strided) >= len(long_full) - 1 >= 2
+
+    # History: consecutive frame indices with interpolated boxes between detected ones.
+    checked = 0
+    for track in strided.live_tracks:
+        indices = [b.frame_index for b in track.boxes]
+        assert indices == list(range(indices[0], indices[-1] + 1))
+        assert track.hits < len(indices) or len(indices) == 1  # filled frames are no hits
+        for rec in track.boxes:
+            if rec.frame_index % 2 == 1:  # never detected: interpolated, score 0
+                assert rec.score == 0.0
+                # the detector's box on that frame, if this person has one, is close by
+                real = dets[rec.frame_index].boxes
+                if len(real):
+                    checked += 1
+                    assert box_iou(rec.box[None], real).max() >= 0.5
+    assert checked >= 20
+    with pytest.raises(ValueError, match="detect_stride"):
+        CameraTracker(cfg, FPS, detect_stride=0)
+
+
+def test_stride_buffer_keeps_a_fast_walker_tracked(cfg: TrackingConfig) -> None:
+    """A narrow person crossing fast: at stride 2 their boxes on consecutive updates barely
+    overlap, so a new track is never confirmed unless boxes are buffered for association."""
+    frame = np.zeros((360, 640, 3), np.uint8)
+
+    def run(buffer: float) -> list[int]:
+        tracker = CameraTracker(dataclasses.replace(cfg, stride_buffer=buffer), FPS,
+                                detect_stride=2)
+        for i in range(0, 40, 2):
+            x = 20 + 13 * i  # 13 px per frame: 26 px between updates, box 36 px wide
+            dets = Detections(np.array([[x, 100, x + 36, 190]], np.float32), np.array([0.9]))
+            tracker.update(dets, frame, ts_ms=i * 100, frame_index=i)
+        return [t.hits for t in tracker.flush()]
+
+    assert run(0.5) == [20]  # one track, every update
+    assert sum(run(0.0)) < 10  # without the buffer it is (re)started and dropped

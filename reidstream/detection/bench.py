@@ -4,7 +4,8 @@ vtest.avi has no ground truth, so recall is measured against a pseudo ground tru
 boxes (score >= --ref-conf) from the same weights at a large image size (--ref-imgsz). A box
 counts as found when a detection at or above --match-conf overlaps it with IoU >= 0.5.
 
-    python -m reidstream.detection.bench --threads 2 --imgsz 320 416 640 --batch 1 4
+    python -m reidstream.detection.bench --threads 2 --imgsz 320 416 640 --batch 1 4 \
+        [--backends torch onnxruntime openvino]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from reidstream.assets import Assets
     from reidstream.config import load_config
     from reidstream.detection.detector import PersonDetector
+    from reidstream.device import cpu_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
@@ -52,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ref-conf", type=float, default=0.5)
     p.add_argument("--match-conf", type=float, default=0.25)
     p.add_argument("--video", default="vtest.avi")
+    p.add_argument("--backends", nargs="+", default=["torch"],
+                   help="detection.backend values to time (auto: the one auto would pick)")
+    p.add_argument("--precision", default="", help="detection.precision for exported backends "
+                   "(f32 | bf16; default: the config's)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -61,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     timing = read_video_frames(video, args.frames)
     sample = read_video_frames(video, args.recall_frames, step=15)
 
-    ref_det = PersonDetector(dataclasses.replace(cfg.detection, imgsz=args.ref_imgsz), assets)
+    base = dataclasses.replace(cfg.detection, backend="torch",
+                               precision=args.precision or cfg.detection.precision)
+    ref_det = PersonDetector(dataclasses.replace(base, imgsz=args.ref_imgsz), assets)
     ref = [d.select(d.scores >= args.ref_conf) for d in _detect_in_chunks(ref_det, sample, 4)]
     n_ref = sum(len(d) for d in ref)
     crop_height = cfg.tracking.min_crop_height
@@ -69,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     del ref_det
 
     print(
-        f"# {platform.node()} {platform.processor() or platform.machine()}, torch threads "
-        f"{args.threads}, {video}: {timing[0].shape[1]}x{timing[0].shape[0]}"
+        f"# {platform.node()}: {cpu_model()}, threads {args.threads}, "
+        f"{video}: {timing[0].shape[1]}x{timing[0].shape[0]}"
     )
     print(
         f"# recall vs imgsz {args.ref_imgsz} boxes (score >= {args.ref_conf}, {n_ref} boxes in "
@@ -78,12 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         f">= {args.match_conf}, IoU >= 0.5"
     )
     print(
-        "| imgsz | batch | ms/frame (median) | ms/frame (p90) | recall "
+        "| backend | imgsz | batch | ms/frame (median) | ms/frame (p90) | recall "
         f"| recall >= {crop_height} px | detections/frame |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for imgsz in args.imgsz:
-        det = PersonDetector(dataclasses.replace(cfg.detection, imgsz=imgsz), assets)
+    print("|---|---|---|---|---|---|---|---|")
+    for backend, imgsz in [(b, i) for b in args.backends for i in args.imgsz]:
+        det = PersonDetector(dataclasses.replace(base, imgsz=imgsz, backend=backend), assets,
+                             cfg.inference)
         found = found_tall = kept = 0
         for d, r in zip(_detect_in_chunks(det, sample, 4), ref, strict=True):
             d = d.select(d.scores >= args.match_conf)
@@ -103,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             med = statistics.median(per_frame)
             p90 = float(np.percentile(per_frame, 90))
             print(
-                f"| {imgsz} | {bs} | {med:.1f} | {p90:.1f} | {recall:.3f} | {recall_tall:.3f} "
-                f"| {kept / len(sample):.2f} |"
+                f"| {det.backend} {det.precision} | {imgsz} | {bs} | {med:.1f} | {p90:.1f} "
+                f"| {recall:.3f} | {recall_tall:.3f} | {kept / len(sample):.2f} |"
             )
     return 0
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from reidstream.assets import Assets
-from reidstream.config import DetectionConfig
+from reidstream.config import DetectionConfig, InferenceConfig, load_config
 from reidstream.device import select_device
 
 PERSON_CLASS = 0
@@ -63,9 +63,16 @@ class Detections:
 
 
 class PersonDetector:
-    """Batched YOLO person detection; not thread-safe (one per Ray actor)."""
+    """Batched YOLO person detection; not thread-safe (one per Ray actor).
 
-    def __init__(self, cfg: DetectionConfig, assets: Assets) -> None:
+    ``cfg.backend``: ``torch`` runs ultralytics' predictor; an exported backend
+    (:class:`ExportedYolo`) runs the ONNX export with the same letterbox and NMS; ``auto``
+    times the installed ones on a frame and keeps the fastest.
+    """
+
+    def __init__(
+        self, cfg: DetectionConfig, assets: Assets, inference: InferenceConfig | None = None
+    ) -> None:
         offline_ultralytics()
         from ultralytics import YOLO
         from ultralytics.utils import DEFAULT_CFG_DICT
@@ -92,8 +99,43 @@ class PersonDetector:
                 self._predict_args["quantize"] = 16
             else:
                 self._predict_args["half"] = True
+        self.exported: ExportedYolo | None = None
+        self.backend = self._open_backend(inference or load_config().inference)
         # The first call builds the predictor and (on CUDA) the kernels; pay it now, not on frame 1.
         self.detect([np.zeros((cfg.imgsz, cfg.imgsz, 3), dtype=np.uint8)])
+
+    @property
+    def precision(self) -> str:
+        """What the detector computes in (an exported session's, else torch's)."""
+        if self.exported is not None:
+            return self.exported.session.precision
+        return "fp16" if self.half else "f32"
+
+    def _open_backend(self, inference: InferenceConfig) -> str:
+        from reidstream.inference import backends as rt
+        from reidstream.inference.export import cache_dir, export_detector
+
+        device = self.device.type
+        rt.check_backend(self.cfg.backend, device)
+        names = rt.installed_backends(device) if self.cfg.backend == "auto" else [self.cfg.backend]
+        if names == [rt.TORCH]:
+            return rt.TORCH
+        path = export_detector(self.weights, cache_dir(inference.cache_dir))
+        runners = {
+            name: ExportedYolo(
+                rt.Session(path, name, device, precision=self.cfg.precision), self.cfg
+            )
+            for name in names if name != rt.TORCH
+        }
+        backend = self.cfg.backend
+        if backend == "auto":
+            # A frame of the size cameras send (16:9), with texture, for a fair trial.
+            frame = np.random.default_rng(0).integers(0, 255, (360, 640, 3), dtype=np.uint8)
+            trials = {name: (lambda r=r: r.detect([frame])) for name, r in runners.items()}
+            trials[rt.TORCH] = lambda: self.model.predict([frame], **self._predict_args)
+            backend = rt.pick_fastest(trials, inference.auto_repeats)
+        self.exported = runners.get(backend)
+        return backend
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """Detections for each BGR frame, in order, from a single batched forward pass."""
@@ -105,13 +147,51 @@ class PersonDetector:
                 raise ValueError(f"frame {i}: expected an HxWx3 BGR array, got {shape}")
             if frame.shape[0] == 0 or frame.shape[1] == 0:
                 raise ValueError(f"frame {i}: empty frame {frame.shape}")
-        results = self.model.predict(list(frames), **self._predict_args)
-        return [self._to_detections(r.boxes) for r in results]
+        if self.exported is not None:
+            found = self.exported.detect(frames)
+        else:
+            results = self.model.predict(list(frames), **self._predict_args)
+            found = [
+                Detections(r.boxes.xyxy.float().cpu().numpy(), r.boxes.conf.float().cpu().numpy())
+                for r in results
+            ]
+        return [self._keep_tall(d) for d in found]
 
-    def _to_detections(self, boxes: Any) -> Detections:
-        xyxy = boxes.xyxy.float().cpu().numpy()
-        conf = boxes.conf.float().cpu().numpy()
-        dets = Detections(xyxy, conf)
+    def _keep_tall(self, dets: Detections) -> Detections:
         if self.cfg.min_box_height > 0 and len(dets):
             dets = dets.select(dets.heights >= self.cfg.min_box_height)
         return dets
+
+
+class ExportedYolo:
+    """The ONNX export of a YOLO detector in a runtime session, with ultralytics' own letterbox
+    (rectangular, stride 32, when a batch's frames share a size) and NMS, so its boxes are the
+    predictor's boxes."""
+
+    STRIDE = 32
+
+    def __init__(self, session: Any, cfg: DetectionConfig) -> None:
+        offline_ultralytics()
+        self.session = session
+        self.cfg = cfg
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        import torch
+        from ultralytics.data.augment import LetterBox
+        from ultralytics.utils.nms import non_max_suppression
+        from ultralytics.utils.ops import scale_boxes
+
+        same = len({f.shape for f in frames}) == 1
+        letterbox = LetterBox(self.cfg.imgsz, auto=same, stride=self.STRIDE)
+        batch = np.stack([letterbox(image=f) for f in frames])
+        images = np.ascontiguousarray(batch[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)
+        images /= 255.0
+        raw = torch.from_numpy(self.session.run({"images": images}))
+        kept = non_max_suppression(
+            raw, self.cfg.conf, self.cfg.iou, classes=[PERSON_CLASS], max_det=self.cfg.max_det
+        )
+        out = []
+        for frame, det in zip(frames, kept, strict=True):
+            boxes = scale_boxes(images.shape[2:], det[:, :4].clone(), frame.shape[:2])
+            out.append(Detections(boxes.numpy(), det[:, 4].numpy()))
+        return out

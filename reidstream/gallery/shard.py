@@ -335,6 +335,12 @@ def _extract(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(labels).astype(np.int64), flat
 
 
+def _rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
 # --------------------------------------------------------------------------- the shard
 
 
@@ -553,6 +559,8 @@ class GalleryShard:
             "tombstones": len(self._dead),
             "trained": self._backend.ready(self._index),
             "gpu": self._gpu,
+            # What the shard's process holds (index, ids, metadata): what an operator sizes.
+            "rss_bytes": _rss_bytes(),
             **self._counters,
         }
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from reidstream.assets import Assets
-from reidstream.config import Config, EmbedConfig, load_config
+from reidstream.config import Config, EmbedConfig, InferenceConfig, load_config
 from reidstream.device import autocast, select_device
 from reidstream.models.base import ReIDModel, build_model
 from reidstream.models.cameras import CameraRegistry
@@ -35,6 +35,11 @@ class Embedder:
     ``embed`` takes BGR uint8 crops of any size (resized with cv2 to the model's input) or a
     float tensor ``[N, 3, H, W]`` already normalised (resized bilinearly when its size differs).
     Camera names go through the registry (-1 when unknown); ints are table indices.
+
+    ``backend``: ``torch`` runs the model as it is; ``onnxruntime`` / ``openvino`` /
+    ``tensorrt`` run its ONNX export (made on first use, cached by a hash of the weights);
+    ``auto`` times the installed ones on a batch of crops and keeps the fastest. The torch
+    model stays loaded either way (DIMN's gallery mapping and training-time uses need it).
     """
 
     def __init__(
@@ -50,6 +55,9 @@ class Embedder:
         unknown_camera: str | None = None,
         flip: bool = False,
         calibration: SiteCalibration | None = None,
+        backend: str = "torch",
+        precision: str = "f32",
+        inference: InferenceConfig | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -67,6 +75,48 @@ class Embedder:
         self.flip = flip
         self.calibration = calibration
         self.size = (model.cfg.img_height, model.cfg.img_width)
+        self.precision = precision
+        self.session = None  # an exported model's runtime; None runs the torch model
+        self.backend = self._open_backend(backend, inference or load_config().inference)
+
+    def _open_backend(self, backend: str, inference: InferenceConfig) -> str:
+        from reidstream.inference import backends as rt
+        from reidstream.inference.export import cache_dir, export_embedder
+
+        device = self.device.type
+        rt.check_backend(backend, device)
+        names = rt.installed_backends(device) if backend == "auto" else [backend]
+        if names == [rt.TORCH]:
+            return rt.TORCH
+        policy = self.model.unknown_camera
+        # The graph cannot raise: "error" is checked here before it runs, and traced as "zero".
+        self.model.unknown_camera = "zero" if policy == "error" else policy
+        try:
+            path = export_embedder(self.model, cache_dir(inference.cache_dir),
+                                   name=self.model.cfg.name)
+        finally:
+            self.model.unknown_camera = policy
+        sessions = {
+            name: rt.Session(path, name, device, precision=self.precision)
+            for name in names if name != rt.TORCH
+        }
+        if backend == "auto":
+            crops = torch.randn(min(8, self.batch_size), 3, *self.size)
+            trials = {name: (lambda s=s: self._run(s, crops, None)) for name, s in sessions.items()}
+            trials[rt.TORCH] = lambda: self._run(None, crops, None)
+            backend = rt.pick_fastest(trials, inference.auto_repeats)
+        self.session = sessions.get(backend)
+        return backend
+
+    def _run(self, session, images: torch.Tensor, cams: torch.Tensor | None) -> torch.Tensor:
+        """Raw features ``[N, D]`` float32 of a preprocessed batch, by torch or a session."""
+        if session is None:
+            with torch.inference_mode(), autocast(self.device, self.fp16):
+                return self.model(images, cams).float()
+        if cams is None:
+            cams = torch.full((len(images),), -1, dtype=torch.long)
+        feed = {"images": images.detach().cpu().numpy(), "camera_ids": cams.cpu().numpy()}
+        return torch.from_numpy(session.run(feed)).to(self.device)
 
     @property
     def feature_dim(self) -> int:
@@ -80,6 +130,7 @@ class Embedder:
         *,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        inference: InferenceConfig | None = None,
     ) -> Embedder:
         """Mean/std: given, else the checkpoint's ``meta["mean"]/["std"]`` (what it was trained
         with), else the ``data.mean/std`` defaults."""
@@ -96,6 +147,7 @@ class Embedder:
             mean=mean or loaded.meta.get("mean") or data_defaults.mean,
             std=std or loaded.meta.get("std") or data_defaults.std,
             calibration=calibration,
+            inference=inference,
             **_runtime_kwargs(embed_cfg),
         )
 
@@ -107,11 +159,12 @@ class Embedder:
             path = Path(cfg.embed.checkpoint).expanduser()
             if not path.is_file():
                 path = assets.asset(cfg.embed.checkpoint)
-            return cls.from_checkpoint(path, cfg.embed)
+            return cls.from_checkpoint(path, cfg.embed, inference=cfg.inference)
         if cfg.embed.camera_aliases:
             raise ValueError("embed.camera_aliases needs a checkpoint (one with named cameras)")
         model = build_model(cfg.model, assets)
-        return cls(model, (), mean=cfg.data.mean, std=cfg.data.std, **_runtime_kwargs(cfg.embed))
+        return cls(model, (), mean=cfg.data.mean, std=cfg.data.std, inference=cfg.inference,
+                   **_runtime_kwargs(cfg.embed))
 
     def embed(
         self,
@@ -127,23 +180,36 @@ class Embedder:
         camera_ids = None
         if cameras is not None:
             camera_ids = torch.tensor(self.cameras.indices(cameras), dtype=torch.long)
+        self._check_unknown(camera_ids, n)
         out = []
         with torch.inference_mode():
             for start in range(0, n, self.batch_size):
                 stop = min(n, start + self.batch_size)
                 images = self._batch(crops[start:stop], start)
                 cams = None if camera_ids is None else camera_ids[start:stop].to(self.device)
-                with autocast(self.device, self.fp16):
-                    feats = self.model(images, cams).float()
-                    if self.flip:
-                        # The mirrored person is the same person: averaging both views
-                        # cancels left/right pose and carrying-side differences.
-                        feats = feats + self.model(images.flip(3), cams).float()
+                feats = self._run(self.session, images, cams)
+                if self.flip:
+                    # The mirrored person is the same person: averaging both views
+                    # cancels left/right pose and carrying-side differences.
+                    feats = feats + self._run(self.session, images.flip(3), cams)
                 out.append(F.normalize(feats, dim=1).cpu())
         vectors = torch.cat(out).numpy()
         if self.calibration is not None and cameras is not None:
             vectors = self.calibration.centre_vectors(vectors, self._camera_names(cameras))
         return vectors
+
+    def _check_unknown(self, camera_ids: torch.Tensor | None, n: int) -> None:
+        """The "error" policy for an exported graph (the torch model checks it itself)."""
+        if self.session is None or self.model.unknown_camera != "error":
+            return
+        if getattr(self.model, "sie", None) is None:  # no side information: cameras unused
+            return
+        unknown = n if camera_ids is None else int((camera_ids == -1).sum())
+        if unknown:
+            raise ValueError(
+                f"{unknown} sample(s) with an unknown camera (id -1) and unknown_camera='error'; "
+                "map the camera in the camera registry or choose 'zero' or 'mean'"
+            )
 
     def _camera_names(self, cameras: Sequence[str | int]) -> list[str]:
         """Names for the calibration: ints are table rows, names pass through their alias."""
@@ -212,4 +278,6 @@ def _runtime_kwargs(embed_cfg: EmbedConfig) -> dict:
         "fp16": embed_cfg.fp16,
         "unknown_camera": embed_cfg.unknown_camera,
         "flip": embed_cfg.flip,
+        "backend": embed_cfg.backend,
+        "precision": embed_cfg.precision,
     }

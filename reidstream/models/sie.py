@@ -50,7 +50,7 @@ class SideInfoEmbedding(nn.Module):
                     "unknown_camera='error'; map the camera in the camera registry or choose "
                     "'zero' or 'mean'"
                 )
-            known &= ~missing
+            known = known & ~missing  # not in place: ONNX export has no in-place and
         if len(axes) == 1:
             ids = axes[0][0]
             out = grid[ids.clamp(min=0)]

@@ -224,6 +224,6 @@ class TransReID(ReIDModel):
 def jigsaw_order(n: int, shift: int, shuffle_groups: int, device: torch.device) -> Tensor:
     """Token order for JPM: roll by ``shift``, then interleave ``shuffle_groups`` equal runs, so
     each JPM group sees patches from all over the body (works for any ``n``)."""
-    rolled = torch.roll(torch.arange(n, device=device), -shift)
+    rolled = torch.roll(torch.arange(n, device=device), -shift, dims=0)
     run = max(1, n // shuffle_groups)
     return torch.cat([rolled[i::run] for i in range(run)])

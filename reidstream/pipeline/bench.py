@@ -24,9 +24,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from reidstream.cli import add_config_arguments, load_cli_config
 
 WARMUP_S = 8.0
+STEADY_AFTER_S = 5.0  # steady-state rate: frames finished from this long after publishing starts
 
 
 def add_arguments_run_bench(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +60,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.target == "scene":
         return _write(out, _scene_run(cfg, args.scene, out))
     video = Assets.from_config(cfg.assets).asset("vtest.avi")
+    from reidstream.device import cpu_model
+
+    print(f"bench: on {cpu_model()}; detection.backend={cfg.detection.backend} "
+          f"embed.backend={cfg.embed.backend} detection.stride={cfg.detection.stride}", flush=True)
     results = []
     for n in args.cameras:
         print(f"bench: {n} camera(s) at {args.fps:g} fps for {args.seconds:g} s ...", flush=True)
@@ -170,14 +177,19 @@ def _one_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float) -> 
     with EmbeddedBroker() as broker:
         cfg.kafka.bootstrap_servers = broker.bootstrap_servers
         pipeline = Pipeline(cfg).start()
+        pipeline_backends = pipeline.backends
         stop = threading.Event()
+        window: dict[str, Any] = {}  # publishing start / end: wall time, CPU counters
 
         def publish_after_warmup() -> None:
             # The consumer group joins and the actors warm up during the first polls; frames
             # published then would measure start-up, not the steady state.
             if not stop.wait(WARMUP_S):
-                publish(cfg.kafka, video, views, fps, max_frames=int(seconds * fps), loop=True,
-                        stop=stop)
+                window["start"], window["cpu_start"] = time.time(), _cpu_busy_total()
+                sent = publish(cfg.kafka, video, views, fps, max_frames=int(seconds * fps),
+                               loop=True, stop=stop)
+                window["end"], window["cpu_end"] = time.time(), _cpu_busy_total()
+                window["records"] = sent.records
 
         publisher = threading.Thread(target=publish_after_warmup, daemon=True)
         started = time.monotonic()
@@ -189,27 +201,68 @@ def _one_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float) -> 
             publisher.join(timeout=10)
             pipeline.shutdown()
         wall = time.monotonic() - started - WARMUP_S
+    from reidstream.device import cpu_model
+
     summary = stats.summary()
     offered = cameras * fps
+    # Steady state: frames finished while cameras were still sending, after a fill time.
+    # Unlike frames / wall time it does not count the drain at the end against a pipeline
+    # that kept up (latency L costs frames / wall an L / T share).
+    lo, hi = window.get("start", 0.0) + STEADY_AFTER_S, window.get("end", 0.0)
+    done = np.asarray(stats.frame_done_ms) / 1000.0
+    steady = float(((done >= lo) & (done < hi)).sum() / (hi - lo)) if hi > lo else float("nan")
+    busy = _cpu_share(window.get("cpu_start"), window.get("cpu_end"))
+    # What the cameras really sent: on a busy machine the publisher can fall behind too.
+    published = window.get("records", 0) / (hi + STEADY_AFTER_S - lo) if hi > lo else 0.0
     return {
+        "cpu": cpu_model(),
+        "backends": pipeline_backends,
         "cameras": cameras,
         "offered_fps": offered,
+        "published_fps": round(published, 2),
         "processed_frames": summary["frames"],
         "sustained_fps": round(summary["frames"] / (wall - cfg.pipeline.idle_stop_seconds), 2),
+        "steady_fps": round(steady, 2),
+        "cpu_busy": round(busy, 3),
         "frame_latency_ms": summary["frame_latency_ms"],
         "event_latency_ms": summary["event_latency_ms"],
         "events": summary["events"],
+        "crops_embedded": summary["crops_embedded"],
+        # The embedder as the pipeline uses it: one actor thread, batches of a step's crops.
+        "embed_crops_per_s": round(
+            summary["crops_embedded"] / max(summary["stage_seconds"].get("embed", 0.0), 1e-9), 1
+        ),
         "stage_seconds": summary["stage_seconds"],
         "wall_seconds": round(wall, 1),
     }
+
+
+def _cpu_busy_total() -> tuple[int, int] | None:
+    """(busy, total) jiffies of the whole machine from /proc/stat (None off Linux)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def _cpu_share(start: Any, end: Any) -> float:
+    """Share of all cores busy between two readings: the headroom a real-time claim has."""
+    if not start or not end or end[1] <= start[1]:
+        return float("nan")
+    return (end[0] - start[0]) / (end[1] - start[1])
 
 
 def _print_row(r: dict[str, Any]) -> None:
     lat = r["frame_latency_ms"]
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(r["stage_seconds"].items()))
     print(
-        f"  cameras={r['cameras']} offered={r['offered_fps']:g} fps sustained={r['sustained_fps']}"
-        f" fps latency p50/p95/p99={lat.get('p50')}/{lat.get('p95')}/{lat.get('p99')} ms"
-        f" events={r['events']}\n  stage time: {stages}",
+        f"  cameras={r['cameras']} offered={r['offered_fps']:g} fps (sent {r['published_fps']})"
+        f" steady={r['steady_fps']}"
+        f" fps (overall {r['sustained_fps']}) cpu busy {r['cpu_busy']:.0%}"
+        f" latency p50/p95/p99={lat.get('p50')}/{lat.get('p95')}/{lat.get('p99')} ms"
+        f" events={r['events']}\n  stage time: {stages}; embedder {r['embed_crops_per_s']} crops/s"
+        f" ({r['crops_embedded']} crops)",
         flush=True,
     )

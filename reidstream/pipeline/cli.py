@@ -49,7 +49,7 @@ def _run_until_stopped(cfg: Any, on_started: Any = None) -> int:
     try:
         if on_started is not None:
             on_started(pipeline)
-        stats = pipeline.run(on_progress=_print_progress)
+        stats = pipeline.run(on_progress=_Progress())
     finally:
         signal.signal(signal.SIGINT, previous)
         pipeline.shutdown()
@@ -57,15 +57,27 @@ def _run_until_stopped(cfg: Any, on_started: Any = None) -> int:
     return 0
 
 
-def _print_progress(stats: Any) -> None:
-    s = stats.summary()
-    lat = s["frame_latency_ms"]
-    print(
-        f"[pipeline] frames={s['frames']} ({s['frames_per_s']:.1f}/s) bad={s['bad_frames']} "
-        f"events={s['events']} tracks={s['tracks_finished']} "
-        f"latency p50={lat.get('p50', '-')}ms p95={lat.get('p95', '-')}ms",
-        flush=True,
-    )
+class _Progress:
+    """One line per interval. Latency is of the frames since the previous line, so a pipeline
+    falling behind shows as a rising number (the whole run's figures come at the end)."""
+
+    def __init__(self) -> None:
+        self.seen = 0  # latency samples already reported
+
+    def __call__(self, stats: Any) -> None:
+        from reidstream.pipeline.runner import percentiles
+
+        s = stats.summary()
+        new = stats.latency_count - self.seen
+        self.seen = stats.latency_count
+        recent = list(stats.frame_latency_ms)[-new:] if new > 0 else []
+        lat = percentiles(recent)
+        print(
+            f"[pipeline] frames={s['frames']} ({s['frames_per_s']:.1f}/s) bad={s['bad_frames']} "
+            f"events={s['events']} tracks={s['tracks_finished']} "
+            f"latency since last line p50={lat.get('p50', '-')}ms p95={lat.get('p95', '-')}ms",
+            flush=True,
+        )
 
 
 def _print_summary(summary: dict) -> None:

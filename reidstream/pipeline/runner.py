@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,33 +32,41 @@ from reidstream.pipeline.stages import (
 )
 
 log = logging.getLogger(__name__)
+KEEP_SAMPLES = 200_000
 
 
 @dataclass
 class PipelineStats:
-    """Totals since start; latencies are kept whole for percentiles."""
+    """Totals since start; the latest ``KEEP_SAMPLES`` latencies for percentiles."""
 
     started: float = field(default_factory=time.monotonic)
     frames: int = 0
     bad: int = 0
     events: int = 0
     tracks_finished: int = 0
+    crops_embedded: int = 0
     last_frame_at: float = field(default_factory=time.monotonic)
     seconds: Counter = field(default_factory=Counter)
     bad_by_reason: Counter = field(default_factory=Counter)
-    frame_latency_ms: list[float] = field(default_factory=list)
-    event_latency_ms: list[float] = field(default_factory=list)
+    # The most recent samples only: a pipeline runs for weeks (a day of 4 cameras is 3.5 M).
+    frame_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
+    frame_done_ms: deque[float] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
+    event_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
+    latency_count: int = 0  # frame latency samples ever added
 
     def add(self, step: StepStats) -> None:
         self.frames += step.frames
         self.bad += step.bad
         self.events += step.events
         self.tracks_finished += step.tracks_finished
+        self.crops_embedded += step.crops_embedded
         if step.frames or step.bad:
             self.last_frame_at = time.monotonic()
         self.seconds.update(step.seconds)
         self.bad_by_reason.update(step.bad_by_reason)
         self.frame_latency_ms.extend(step.frame_latency_ms)
+        self.latency_count += len(step.frame_latency_ms)
+        self.frame_done_ms.extend(step.frame_done_ms)
         self.event_latency_ms.extend(step.event_latency_ms)
 
     def summary(self) -> dict[str, Any]:
@@ -70,17 +78,40 @@ class PipelineStats:
             "bad_by_reason": dict(self.bad_by_reason),
             "events": self.events,
             "tracks_finished": self.tracks_finished,
+            "crops_embedded": self.crops_embedded,
             "frame_latency_ms": percentiles(self.frame_latency_ms),
             "event_latency_ms": percentiles(self.event_latency_ms),
             "stage_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(values: Any) -> dict[str, float]:
     if not values:
         return {}
     arr = np.asarray(values)
     return {f"p{q}": round(float(np.percentile(arr, q)), 1) for q in (50, 95, 99)}
+
+
+def check_cpu_budget(cfg: Config, cluster_cpus: float) -> None:
+    """Ray only starts an actor when its CPUs are free: actors asking more than the cluster
+    has would wait for ever. Say so up front, with what asks for what. A roll-out starts the
+    new embedders before it retires the old ones, so embedders count twice."""
+    pc, gc = cfg.pipeline, cfg.gallery
+    asks = {
+        "detectors": pc.num_detectors * pc.detector_num_cpus,
+        "embedders (x2 for a roll-out)": 2 * pc.num_embedders * pc.embedder_num_cpus,
+        "camera workers": pc.num_workers * pc.worker_num_cpus,
+        "gallery shards": gc.num_shards * gc.actor_num_cpus,
+    }
+    total = sum(asks.values())
+    if total > cluster_cpus + 1e-9:
+        detail = ", ".join(f"{k} {v:g}" for k, v in asks.items())
+        raise ValueError(
+            f"the pipeline's actors ask for {total:g} CPUs ({detail}) but the Ray cluster has "
+            f"{cluster_cpus:g}: Ray would never start some of them. Lower pipeline.*_num_cpus / "
+            "gallery.actor_num_cpus (they are scheduling shares, not thread counts), use fewer "
+            "actors, or add nodes"
+        )
 
 
 class Pipeline:
@@ -92,6 +123,7 @@ class Pipeline:
         self.workers: list[Any] = []
         self._actors: list[Any] = []
         self.embedders: list[Any] = []
+        self.backends: dict[str, str] = {}  # detection / embed: what backend auto chose
         self._stop = threading.Event()
 
     def start(self) -> Pipeline:
@@ -100,6 +132,7 @@ class Pipeline:
         from reidstream.ingest.kafka_io import ensure_topics
 
         pc = self.cfg.pipeline
+        check_cpu_budget(self.cfg, ray.cluster_resources().get("CPU", 0.0))
         ensure_topics(self.cfg.kafka, partitions=max(2, pc.num_workers))
         # Detector and embedder hold no state: Ray restarts them and retries the call.
         stateless = {"max_restarts": -1, "max_task_retries": 3}
@@ -116,6 +149,8 @@ class Pipeline:
             for _ in range(pc.num_embedders)
         ]
         dim = ray.get(embedders[0].feature_dim.remote())
+        self.backends = {"detection": ray.get(detectors[0].backend.remote()),
+                         "embed": ray.get(embedders[0].backend.remote())}
         calibration = ray.get(embedders[0].calibration.remote())
         if calibration is not None:
             log.info("%s", calibration.describe())
@@ -146,8 +181,9 @@ class Pipeline:
         self.embedders, self.linker, self.sink, self.dim = embedders, linker, sink, dim
         ray.get([w.ready.remote() for w in self.workers])
         log.info(
-            "pipeline up: %d worker(s), %d detector(s), %d embedder(s), %d gallery shard(s)",
-            pc.num_workers, pc.num_detectors, pc.num_embedders, self.cfg.gallery.num_shards,
+            "pipeline up: %d worker(s), %d detector(s) (%s), %d embedder(s) (%s), "
+            "%d gallery shard(s)", pc.num_workers, pc.num_detectors, self.backends["detection"],
+            pc.num_embedders, self.backends["embed"], self.cfg.gallery.num_shards,
         )
         return self
 

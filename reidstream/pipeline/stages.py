@@ -41,11 +41,14 @@ class DetectorStage:
         from reidstream.assets import Assets
         from reidstream.detection import PersonDetector
 
-        _limit_threads(cfg.pipeline.torch_threads)
-        self.detector = PersonDetector(cfg.detection, Assets.from_config(cfg.assets))
+        _limit_threads(cfg.pipeline.detector_threads or cfg.pipeline.torch_threads)
+        self.detector = PersonDetector(cfg.detection, Assets.from_config(cfg.assets), cfg.inference)
 
     def detect(self, frames: list[np.ndarray]) -> list[Any]:
         return self.detector.detect(frames)
+
+    def backend(self) -> str:
+        return self.detector.backend
 
 
 class EmbedderStage:
@@ -61,6 +64,9 @@ class EmbedderStage:
 
     def feature_dim(self) -> int:
         return self.embedder.feature_dim
+
+    def backend(self) -> str:
+        return self.embedder.backend
 
     def calibration(self) -> Any:
         """The site calibration the model came with (None without one): the linker's scale."""
@@ -150,8 +156,10 @@ class StepStats:
     bad: int = 0
     events: int = 0
     tracks_finished: int = 0
+    crops_embedded: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     frame_latency_ms: list[float] = field(default_factory=list)
+    frame_done_ms: list[float] = field(default_factory=list)  # wall clock, when committed
     event_latency_ms: list[float] = field(default_factory=list)
     bad_by_reason: dict[str, int] = field(default_factory=dict)
 
@@ -195,6 +203,8 @@ class CameraWorker:
         self._sessions: dict[str, str] = {}  # camera -> id of its tracker's life (harvest)
         self._crop_vectors: dict[tuple[str, int], dict[int, np.ndarray]] = {}
         self._last_report: dict[str, float] = {}
+        self._last_detected: dict[str, int] = {}  # camera -> frame index (detection.stride)
+        self._ahead: _Batch | None = None  # pipeline.detect_ahead: polled, being detected
         self.model_version = model_version(cfg)
 
     def ready(self) -> bool:
@@ -202,7 +212,13 @@ class CameraWorker:
         return True
 
     def step(self) -> StepStats:
-        """Poll a bounded batch, push it through every stage, commit once its events are out."""
+        """Poll a bounded batch, push it through every stage, commit once its events are out.
+
+        With ``pipeline.detect_ahead`` the batch polled now goes to the detector at once and
+        the batch polled one step earlier (its detections done meanwhile) is tracked, embedded,
+        linked and committed: detection of one batch overlaps embedding of the other, on
+        another core. Frames wait one step longer; nothing is committed before it is done.
+        """
         from reidstream.ingest.wire import BadMessage
 
         stats = StepStats()
@@ -215,19 +231,46 @@ class CameraWorker:
                 stats.count_bad(item.reason)
             else:
                 frames.append((tp, offset, item))
+        batch = self._start_detection(frames)
+        if self.cfg.pipeline.detect_ahead:
+            batch, self._ahead = self._ahead, batch
+        self._finish_batch(batch, stats)
+        return stats
+
+    def _start_detection(self, frames: list) -> _Batch:
+        """Pick the frames due for detection (``detection.stride``) and send them off."""
+        batch = _Batch(frames, [f for _, _, f in frames if self._detection_due(f)])
+        if batch.due:
+            images = [f.image for f in batch.due]
+            try:
+                if hasattr(self.detector.detect, "remote"):
+                    batch.detections = self.detector.detect.remote(images)
+                else:
+                    batch.detections = self.detector.detect(images)
+            except Exception as exc:  # noqa: BLE001 - reported when the batch is finished
+                batch.error = exc
+        return batch
+
+    def _finish_batch(self, batch: _Batch | None, stats: StepStats) -> None:
         finished = []
-        if frames:
+        frames = batch.frames if batch is not None else []
+        if batch is not None and batch.due:
+            detections = []
             try:
                 with _timed(stats.seconds, "detect"):
-                    detections = self._call(self.detector.detect, [f.image for _, _, f in frames])
+                    if batch.error is not None:
+                        raise batch.error
+                    detections = self._call_result(batch.detections)
             except Exception as exc:  # a frame the detector cannot take must not stop the rest
                 self._report("detector", exc)
-                detections = []
                 stats.count_bad("detection_error", len(frames))
             with _timed(stats.seconds, "track"):
-                for (_, _, frame), dets in zip(frames, detections, strict=False):
-                    finished += self._track(frame, dets, stats)
-            stats.frames = len(detections)
+                for frame, dets in zip(batch.due, detections, strict=False):
+                    if frame.camera not in batch.revoked:
+                        finished += self._track(frame, dets, stats)
+            stats.frames = len(frames) if detections else 0
+        else:
+            stats.frames = len(frames)  # all between two detections (detection.stride)
         try:
             self._link_and_publish(finished, stats)
         except Exception as exc:  # embedder or linker failure: these tracks go unlinked
@@ -237,11 +280,22 @@ class CameraWorker:
             self.source.done(tp, offset)
         with _timed(stats.seconds, "commit"):
             self.source.commit_done()
+        done = _now_ms()
         for _, _, frame in frames:
             lat = _latency_ms(frame.ts_ms)
             if lat is not None:
                 stats.frame_latency_ms.append(lat)
-        return stats
+            stats.frame_done_ms.append(done)
+
+    def _detection_due(self, frame: Any) -> bool:
+        """Every ``detection.stride``-th frame of a camera is detected and tracked; the frames
+        in between are only acknowledged (their boxes are interpolated into the tracks)."""
+        stride = self.cfg.detection.stride
+        last = self._last_detected.get(frame.camera)
+        if stride > 1 and last is not None and 0 < frame.frame_index - last < stride:
+            return False
+        self._last_detected[frame.camera] = frame.frame_index
+        return True
 
     def _track(self, frame: Any, detections: Any, stats: StepStats) -> list:
         """Update the camera's tracker; returns the tracks this frame finished."""
@@ -265,6 +319,9 @@ class CameraWorker:
     def finish(self) -> StepStats:
         """End of stream: close every open track so its identity and summary go out."""
         stats = StepStats()
+        batch, self._ahead = self._ahead, None
+        if batch is not None:  # detect_ahead: the last polled batch is still to be done
+            self._finish_batch(batch, stats)
         finished = [t for tracker in self.trackers.values() for t in tracker.flush()]
         self._link_and_publish(finished, stats)
         self.source.commit_done()
@@ -284,7 +341,7 @@ class CameraWorker:
         events, summaries = [], []
         if ready:
             with _timed(stats.seconds, "embed"):
-                self._embed_new_crops(ready)
+                stats.crops_embedded += self._embed_new_crops(ready)
             observations = [
                 TrackObservation(
                     camera=t.camera,
@@ -348,18 +405,20 @@ class CameraWorker:
         else:
             self.harvest.add(crops)
 
-    def _embed_new_crops(self, tracks: list) -> None:
+    def _embed_new_crops(self, tracks: list) -> int:
+        """Embed the crops of these tracks not embedded before; returns how many."""
         todo = []
         for track in tracks:
             cache = self._crop_vectors.setdefault((track.camera, track.track_id), {})
             todo += [(cache, track, c) for c in track.crops if c.frame_index not in cache]
         if not todo:
-            return
+            return 0
         vectors = self._call(
             self.embedder.embed, [c.image for _, _, c in todo], [t.camera for _, t, _ in todo]
         )
         for (cache, _, crop), vector in zip(todo, vectors, strict=True):
             cache[crop.frame_index] = vector
+        return len(todo)
 
     def _track_vector(self, track: Any) -> np.ndarray:
         """Mean of the embeddings of the track's current best crops."""
@@ -373,7 +432,8 @@ class CameraWorker:
 
         if camera not in self.trackers:
             self.trackers[camera] = CameraTracker(
-                self.cfg.tracking, self.cfg.pipeline.default_fps, camera=camera
+                self.cfg.tracking, self.cfg.pipeline.default_fps, camera=camera,
+                detect_stride=self.cfg.detection.stride,
             )
             self._sessions[camera] = new_session()
         return self.trackers[camera]
@@ -390,10 +450,22 @@ class CameraWorker:
 
     def _on_revoke(self, partitions: set) -> None:
         """Another worker takes these cameras from the committed offset: drop their state."""
-        for camera in self.source.cameras_on(partitions):
+        cameras = self.source.cameras_on(partitions)
+        if self._ahead is not None:  # its frames there are the new owner's now: not ours to do
+            self._ahead.frames = [f for f in self._ahead.frames if f[0] not in partitions]
+            self._ahead.revoked.update(cameras)
+        for camera in cameras:
             self.trackers.pop(camera, None)
+            self._last_detected.pop(camera, None)
             for key in [k for k in self._crop_vectors if k[0] == camera]:
                 del self._crop_vectors[key]
+
+    @staticmethod
+    def _call_result(result: Any) -> Any:
+        """A stage's answer: wait for it when it is a Ray object reference."""
+        import ray
+
+        return ray.get(result) if isinstance(result, ray.ObjectRef) else result
 
     @staticmethod
     def _call(method: Any, *args: Any) -> Any:
@@ -403,6 +475,17 @@ class CameraWorker:
         if hasattr(method, "remote"):
             return ray.get(method.remote(*args))
         return method(*args)
+
+
+@dataclass
+class _Batch:
+    """Frames of one poll on their way through a step: ``due`` are those sent to detection."""
+
+    frames: list
+    due: list
+    detections: Any = None  # list of Detections, or the Ray reference that will hold it
+    error: Exception | None = None
+    revoked: set = field(default_factory=set)  # cameras taken away meanwhile: not tracked
 
 
 @contextlib.contextmanager

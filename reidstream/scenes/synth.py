@@ -451,7 +451,7 @@ def print_detector_recall(cfg: Config, scene_dir: Path, every: int = 1) -> None:
     from reidstream.detection import PersonDetector
     from reidstream.scenes.check import detector_recall
 
-    detector = PersonDetector(cfg.detection, Assets.from_config(cfg.assets))
+    detector = PersonDetector(cfg.detection, Assets.from_config(cfg.assets), cfg.inference)
     for vis in (0.7, cfg.scenes.min_visibility):
         r = detector_recall(scene_dir, detector, min_visibility=vis, every=every)
         cells = ", ".join(

@@ -67,7 +67,21 @@ class TrackState:
     def best_crop(self) -> Crop | None:
         return self.crops[0] if self.crops else None
 
-    def observe(self, frame_index: int, ts_ms: int, box: np.ndarray, score: float) -> None:
+    def observe(
+        self, frame_index: int, ts_ms: int, box: np.ndarray, score: float, fill_gap: int = 0
+    ) -> None:
+        """Record a detected box. Frames skipped by a detection stride (a gap of at most
+        ``fill_gap`` frames since the last box) get boxes interpolated between the two, so the
+        track's history stays per frame; a longer gap is a miss and stays a gap."""
+        if self.boxes and fill_gap > 0:
+            last = self.boxes[-1]
+            gap = frame_index - last.frame_index
+            for k in range(1, gap if gap <= fill_gap + 1 else 0):
+                w = k / gap
+                self.boxes.append(BoxRecord(
+                    last.frame_index + k, round(last.ts_ms + w * (ts_ms - last.ts_ms)),
+                    ((1 - w) * last.box + w * box).astype(np.float32), 0.0,
+                ))
         self.last_frame = frame_index
         self.last_ts_ms = ts_ms
         self.hits += 1

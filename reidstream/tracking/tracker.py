@@ -87,9 +87,17 @@ class TrackedBox:
 class CameraTracker:
     """One camera's tracker; feed frames in order. Not thread-safe (one per camera worker)."""
 
-    def __init__(self, cfg: TrackingConfig, frame_rate: int | float, camera: str = "") -> None:
+    def __init__(
+        self, cfg: TrackingConfig, frame_rate: int | float, camera: str = "", detect_stride: int = 1
+    ) -> None:
+        """``detect_stride``: the tracker sees every k-th frame of the camera (detection runs on
+        those only); its motion buffer counts updates, so it is divided by k, and boxes of the
+        frames in between are interpolated into each track's history."""
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
+        if detect_stride < 1:
+            raise ValueError(f"detect_stride must be >= 1, got {detect_stride}")
+        self.detect_stride = detect_stride
         if cfg.gmc_method not in GMC_METHODS:
             raise ValueError(
                 f"tracking.gmc_method {cfg.gmc_method!r}: expected one of {GMC_METHODS}"
@@ -114,7 +122,7 @@ class CameraTracker:
             track_high_thresh=self.cfg.track_high_thresh,
             track_low_thresh=self.cfg.track_low_thresh,
             new_track_thresh=self.cfg.new_track_thresh,
-            track_buffer=self.max_lost,
+            track_buffer=max(1, round(self.max_lost / self.detect_stride)),
             match_thresh=self.cfg.match_thresh,
             fuse_score=self.cfg.fuse_score,
             gmc_method=self.cfg.gmc_method,
@@ -163,7 +171,7 @@ class CameraTracker:
         self.stats["frames"] += 1
 
         dets = self._usable(detections, shape)
-        rows = self._tracker.update(_TrackerInput(dets.boxes, dets.scores), frame)
+        rows = self._tracker.update(_TrackerInput(self._buffered(dets.boxes), dets.scores), frame)
         out: list[TrackedBox] = []
         for row in np.asarray(rows).reshape(-1, 8) if len(rows) else ():
             raw_id, det_index = int(row[4]), int(row[7])
@@ -173,6 +181,18 @@ class CameraTracker:
             out.append(TrackedBox(track_id, box.copy(), score, det_index))
             self._observe(track_id, frame, ts_ms, frame_index, box, score)
         return out
+
+    def _buffered(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes as the motion model associates them: with a detection stride a person moves
+        k frames' worth between two updates, and a new track (no velocity yet) must overlap
+        its next box to be confirmed. Widening every box by ``stride_buffer`` of its size per
+        skipped frame on each side (buffered IoU, as in C-BIoU) keeps that overlap; the boxes
+        the tracks report are always the detector's own."""
+        scale = self.cfg.stride_buffer * (self.detect_stride - 1)
+        if scale <= 0 or not len(boxes):
+            return boxes
+        size = boxes[:, 2:] - boxes[:, :2]
+        return np.concatenate([boxes[:, :2] - scale * size, boxes[:, 2:] + scale * size], axis=1)
 
     def _usable(self, detections: Detections, shape: tuple[int, int]) -> Detections:
         """Finite boxes clipped to the frame with a positive area: the Kalman state divides by h."""
@@ -207,7 +227,7 @@ class CameraTracker:
             )
             self._live[track_id] = state
             self.stats["tracks"] += 1
-        state.observe(frame_index, ts_ms, box, score)
+        state.observe(frame_index, ts_ms, box, score, fill_gap=self.detect_stride - 1)
         quality = crop_quality(box, score, frame.shape, self.cfg)
         state.offer_crop(quality, frame, frame_index, ts_ms, box, score, self.cfg)
 

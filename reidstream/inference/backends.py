@@ -1,0 +1,194 @@
+"""Runtimes for exported (ONNX) models: ONNX Runtime and OpenVINO, one small interface.
+
+A :class:`Session` takes named numpy inputs and returns the first output. Which runtimes a
+machine has is found at run time (``installed_backends``); ``auto`` does not guess from a
+table but times each installed candidate on the caller's own input and keeps the fastest
+(:func:`pick_fastest`), because the winner differs between CPUs (AMD vs Intel, AVX-512 or not).
+
+Threads: a session uses the caller's ``torch.get_num_threads()`` unless told otherwise, so the
+pipeline's one-thread-per-actor budget holds for every backend. OpenVINO never pins threads to
+cores: two actors pinned to the same core would halve each other.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+TORCH = "torch"
+ONNXRUNTIME = "onnxruntime"
+OPENVINO = "openvino"
+TENSORRT = "tensorrt"
+BACKENDS = (TORCH, ONNXRUNTIME, OPENVINO, TENSORRT)
+PRECISIONS = ("f32", "bf16", "fp16")  # fp16: TensorRT (and OpenVINO on CPUs with AMX-FP16)
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend was asked for by name but this machine cannot run it."""
+
+
+def _ort_providers() -> list[str]:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return []
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
+def installed_backends(device: str) -> list[str]:
+    """Backends that can run here on ``device`` (``cpu`` or ``cuda``), fastest-first guess."""
+    found = []
+    providers = _ort_providers()
+    if device == "cuda":
+        if "TensorrtExecutionProvider" in providers:
+            found.append(TENSORRT)
+        if "CUDAExecutionProvider" in providers:
+            found.append(ONNXRUNTIME)
+    else:
+        if importlib.util.find_spec("openvino") is not None:
+            found.append(OPENVINO)
+        if "CPUExecutionProvider" in providers:
+            found.append(ONNXRUNTIME)
+    found.append(TORCH)
+    return found
+
+
+def check_backend(name: str, device: str) -> None:
+    """Clear error for a backend this machine lacks (``auto`` always passes)."""
+    if name == "auto":
+        return
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be auto or one of {BACKENDS}, got {name!r}")
+    have = installed_backends(device)
+    if name not in have:
+        hint = {
+            ONNXRUNTIME: "pip install onnxruntime (onnxruntime-gpu for CUDA)",
+            OPENVINO: "pip install openvino (CPU only)",
+            TENSORRT: "onnxruntime-gpu built with TensorRT, and TensorRT itself",
+        }.get(name, "")
+        raise BackendUnavailable(
+            f"backend {name!r} cannot run on {device} here (installed: {', '.join(have)}); "
+            f"{hint}"
+        )
+
+
+class Session:
+    """One exported model in one runtime: ``run({name: array}) -> first output``."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        backend: str,
+        device: str = "cpu",
+        threads: int | None = None,
+        precision: str = "f32",
+    ) -> None:
+        import torch
+
+        if backend == TORCH or backend not in BACKENDS:
+            raise ValueError(f"a Session runs exported models: onnxruntime|openvino|tensorrt, "
+                             f"not {backend!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        check_backend(backend, device)
+        self.path = Path(path)
+        self.backend = backend
+        self.device = device
+        # What the runtime really computes in: ONNX Runtime's CPU and CUDA providers run f32
+        # whatever is asked; TensorRT takes a non-f32 request as fp16.
+        self.precision = {OPENVINO: precision, TENSORRT: "f32" if precision == "f32" else "fp16"}
+        self.precision = self.precision.get(backend, "f32")
+        threads = threads or torch.get_num_threads()
+        if backend == OPENVINO:
+            self._run, self.input_names = _openvino(self.path, threads, precision)
+        else:
+            self._run, self.input_names = _onnxruntime(self.path, backend, device, threads,
+                                                       precision)
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        # A graph drops inputs it never reads (a model without camera side information).
+        feed = {k: v for k, v in inputs.items() if k in self.input_names}
+        if not feed:
+            raise ValueError(f"{self.path.name} takes {self.input_names}, got {list(inputs)}")
+        return self._run(feed)
+
+
+def _onnxruntime(path: Path, backend: str, device: str, threads: int, precision: str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if device == "cuda":
+        providers: list[Any] = ["CUDAExecutionProvider"]
+        if backend == TENSORRT:
+            trt = {"trt_fp16_enable": precision != "f32", "trt_engine_cache_enable": True,
+                   "trt_engine_cache_path": str(path.parent / "trt-cache")}
+            providers.insert(0, ("TensorrtExecutionProvider", trt))
+    else:
+        providers = ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    names = [i.name for i in session.get_inputs()]
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        return session.run(None, feed)[0]
+
+    return run, names
+
+
+def _openvino(path: Path, threads: int, precision: str):
+    import openvino as ov
+
+    core = ov.Core()
+    config = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1,
+        "ENABLE_CPU_PINNING": False,
+        # f32 keeps parity with PyTorch; bf16 (native on AVX512-BF16 / AMX CPUs) is faster.
+        "INFERENCE_PRECISION_HINT": {"fp16": "f16"}.get(precision, precision),
+    }
+    compiled = core.compile_model(str(path), "CPU", config)
+    # A port has several tensor names (an input may also name the cast after it): keep all.
+    names = [name for port in compiled.inputs for name in port.get_names()]
+    request = compiled.create_infer_request()
+
+    def run(feed: dict[str, np.ndarray], _keep=compiled) -> np.ndarray:
+        # ``_keep``: a request outlives its compiled model only as an empty shell (it then
+        # returns zero rows), so the closure holds the model.
+        return np.array(request.infer(feed)[0], copy=True)
+
+    return run, names
+
+
+def pick_fastest(candidates: Mapping[str, Callable[[], Any]], repeats: int = 3) -> str:
+    """The name whose call is fastest (best of ``repeats`` after a warm-up): ``auto``."""
+    if not candidates:
+        raise ValueError("pick_fastest needs at least one candidate")
+    times = {}
+    for name, call in candidates.items():
+        try:
+            call()
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                call()
+                best = min(best, time.perf_counter() - start)
+            times[name] = best
+        except Exception as exc:  # a runtime that cannot take this model is not a candidate
+            log.warning("backend %s failed its trial run, not used: %s", name, exc)
+    if not times:
+        raise RuntimeError("no backend could run the model; see the warnings above")
+    choice = min(times, key=times.__getitem__)
+    ranked = sorted(times.items(), key=lambda kv: kv[1])
+    log.info("auto backend: %s (%s)", choice, ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in ranked))
+    return choice

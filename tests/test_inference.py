@@ -1,0 +1,165 @@
+"""Exported inference: every registered re-id model and the shipped YOLO through ONNX Runtime
+and OpenVINO, against PyTorch on real crops and frames (``reidstream/inference``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from reidstream.config import load_config
+from reidstream.detection import PersonDetector
+from reidstream.detection.boxes import box_iou
+from reidstream.detection.video import read_video_frames
+from reidstream.inference import BackendUnavailable, export_embedder, pick_fastest
+from reidstream.inference.backends import installed_backends
+from reidstream.models import CameraRegistry, Embedder, build_model
+
+torch.set_num_threads(2)
+DEFAULTS = load_config()
+MEAN, STD = DEFAULTS.data.mean, DEFAULTS.data.std
+EXPORTED = [b for b in ("onnxruntime", "openvino") if b in installed_backends("cpu")]
+
+
+@pytest.fixture(scope="module")
+def inference_cfg(tmp_path_factory):
+    return dataclasses.replace(DEFAULTS.inference, cache_dir=str(tmp_path_factory.mktemp("onnx")))
+
+
+@pytest.fixture(scope="module")
+def crops(real_crops) -> list[np.ndarray]:
+    return real_crops
+
+
+def test_both_cpu_runtimes_are_installed():
+    # The project pins them (pyproject.toml): a missing one would silently shrink "auto".
+    assert EXPORTED == ["onnxruntime", "openvino"]
+
+
+MODELS = {
+    "bot": {"name": "bot"},
+    "transreid-vit": {"name": "transreid", "backbone": "vit", "depth": 2, "num_cameras": 3},
+    "transreid-hybrid": {"name": "transreid", "backbone": "mobilenetv2", "jpm": True,
+                         "num_cameras": 3},
+    "dimn": {"name": "dimn"},
+}
+
+
+@pytest.mark.parametrize("variant", list(MODELS))
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_every_registered_model_matches_torch(variant, backend, crops, inference_cfg):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(DEFAULTS.model, pretrained="", **MODELS[variant])
+    model = build_model(cfg)
+    has_sie = getattr(model, "sie", None) is not None
+    if has_sie:
+        with torch.no_grad():
+            model.sie.table.mul_(20)  # cameras matter as much as after training
+    cameras = CameraRegistry(["c1", "c2", "c3"])
+    kwargs = dict(mean=MEAN, std=STD, device="cpu", inference=inference_cfg)
+    ref = Embedder(model, cameras, backend="torch", **kwargs)
+    exp = Embedder(model, cameras, backend=backend, **kwargs)
+    assert exp.session is not None and exp.backend == backend
+    names = ["c1", "c3", "cam9", "c2", "c1", "cam9"]  # cam9: unknown, the "mean" row
+    for batch in (crops[:1], crops):  # batch size is a dynamic axis
+        a, b = ref.embed(batch, names[: len(batch)]), exp.embed(batch, names[: len(batch)])
+        assert a.shape == b.shape
+        assert np.sum(a * b, axis=1).min() >= 0.999
+    if has_sie:  # the camera input is live in the graph: changing it changes the output
+        moved = exp.embed(crops[:1], ["c2"])
+        assert float(np.sum(moved * exp.embed(crops[:1], ["c1"]))) < 0.999
+        assert np.sum(moved * ref.embed(crops[:1], ["c2"])) >= 0.999
+
+
+def test_error_policy_is_kept_by_an_exported_graph(crops, inference_cfg):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(DEFAULTS.model, name="transreid", depth=1, jpm=False,
+                              num_cameras=2, pretrained="")
+    emb = Embedder(build_model(cfg), ["c1", "c2"], mean=MEAN, std=STD, device="cpu",
+                   unknown_camera="error", backend=EXPORTED[0], inference=inference_cfg)
+    assert emb.embed(crops[:2], ["c1", "c2"]).shape == (2, emb.feature_dim)
+    with pytest.raises(ValueError, match="unknown camera"):
+        emb.embed(crops[:2], ["c1", "cam7"])
+
+
+def test_export_is_cached_by_content(inference_cfg, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(DEFAULTS.model, name="bot", pretrained=""))
+    first = export_embedder(model, tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert export_embedder(model, tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert first.with_suffix(".json").is_file()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # new weights: a new file, never the stale one
+    second = export_embedder(model, tmp_path)
+    assert second != first and second.is_file()
+    assert not list(tmp_path.glob(".export-*"))  # no temporary left behind
+
+
+def test_shipped_checkpoint_exports_and_agrees(assets, crops, inference_cfg):
+    embed = dataclasses.replace(DEFAULTS.embed, device="cpu", backend="torch")
+    path = assets.asset(embed.checkpoint)
+    ref = Embedder.from_checkpoint(path, embed, inference=inference_cfg)
+    names = ["c1", "c2", "cam1", "c2", "c1", "c1"]
+    base = ref.embed(crops, names)
+    for backend in EXPORTED:
+        other = Embedder.from_checkpoint(
+            path, dataclasses.replace(embed, backend=backend), inference=inference_cfg
+        )
+        assert np.sum(base * other.embed(crops, names), axis=1).min() >= 0.999
+
+
+def test_bf16_detector_stays_close(assets, inference_cfg):
+    """The default detection.precision: bf16 where the CPU has it. Not exact (scores move a
+    little, a box near detection.conf can come or go), but the confident people are the same."""
+    frames = read_video_frames(str(assets.asset("vtest.avi")), 4, start=100, step=30)
+    base = dataclasses.replace(DEFAULTS.detection, device="cpu", backend="openvino")
+    f32 = PersonDetector(dataclasses.replace(base, precision="f32"), assets, inference_cfg)
+    bf16 = PersonDetector(dataclasses.replace(base, precision="bf16"), assets, inference_cfg)
+    for a, b in zip(f32.detect(frames), bf16.detect(frames), strict=True):
+        sure_a, sure_b = a.select(a.scores >= 0.5), b.select(b.scores >= 0.5)
+        assert abs(len(sure_a) - len(sure_b)) <= 1 and len(sure_a) > 0
+        assert np.median(box_iou(sure_a.boxes, b.boxes).max(axis=1)) >= 0.95
+
+
+def test_auto_picks_an_installed_backend_and_bad_names_fail(assets, inference_cfg):
+    auto = PersonDetector(dataclasses.replace(DEFAULTS.detection, backend="auto"), assets,
+                          inference_cfg)
+    assert auto.backend in installed_backends("cpu")
+    with pytest.raises(ValueError, match="backend must be auto or one of"):
+        PersonDetector(dataclasses.replace(DEFAULTS.detection, backend="tflite"), assets,
+                       inference_cfg)
+    with pytest.raises(BackendUnavailable, match="cannot run on cpu"):
+        PersonDetector(dataclasses.replace(DEFAULTS.detection, backend="tensorrt"), assets,
+                       inference_cfg)
+
+
+def test_pick_fastest_times_and_skips_failures():
+    def slow():
+        time.sleep(0.02)
+
+    def broken():
+        raise RuntimeError("this runtime cannot take the model")
+
+    assert pick_fastest({"slow": slow, "fast": lambda: None, "broken": broken}) == "fast"
+    with pytest.raises(RuntimeError, match="no backend"):
+        pick_fastest({"broken": broken})
+
+
+@pytest.mark.parametrize("backend", EXPORTED)
+def test_exported_detector_finds_the_same_people(assets, backend, inference_cfg):
+    frames = read_video_frames(str(assets.asset("vtest.avi")), 4, start=100, step=30)
+    # Mixed sizes in one batch (cameras differ): square letterbox, as the predictor does.
+    frames.append(cv2.resize(frames[0], (640, 360)))
+    base = dataclasses.replace(DEFAULTS.detection, device="cpu", precision="f32")
+    ref = PersonDetector(dataclasses.replace(base, backend="torch"), assets, inference_cfg)
+    exp = PersonDetector(dataclasses.replace(base, backend=backend), assets, inference_cfg)
+    for batch in (frames[:4], frames):
+        for a, b in zip(ref.detect(batch), exp.detect(batch), strict=True):
+            assert len(a) == len(b) and len(a) > 0
+            assert box_iou(a.boxes, b.boxes).max(axis=1).min() >= 0.99
+            assert np.allclose(np.sort(a.scores), np.sort(b.scores), atol=1e-3)
