@@ -48,6 +48,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--per-identity", type=int, default=8, help="vectors per identity")
     parser.add_argument("--family", type=int, default=0,
                         help="identities per look-alike family (0: all independent)")
+    parser.add_argument("--fit", default="",
+                        help="a Market-layout dataset: draw identities and views from a Gaussian "
+                        "fitted to the shipped embedder's features of its test split (--dims is "
+                        "then the embedder's width)")
+    parser.add_argument("--fit-dim", type=int, default=0,
+                        help="with --fit: project the real features on their top principal "
+                        "directions first (a deployment can store PCA-reduced embeddings)")
     return parser.parse_args()
 
 
@@ -76,6 +83,80 @@ def embeddings(
     return vecs, centres, gid
 
 
+def fitted_embeddings(
+    dataset: str, n: int, rng: np.random.Generator, per_identity: int, fit_dim: int = 0
+):
+    """Vectors drawn like real re-id embeddings, to second order: the shipped embedder's
+    features of a real test split give the spread of identity means (between) and of views
+    around them (within); 1M identities are drawn from the first, their views from the second.
+    Random isotropic vectors are far harder for an index than learned features, which
+    concentrate in a few directions."""
+    import cv2
+
+    from reidstream.assets import Assets
+    from reidstream.config import load_config
+    from reidstream.data.market import parse_market_name
+    from reidstream.gallery import l2_normalize
+    from reidstream.models import Embedder
+
+    cfg = load_config()
+    assets = Assets.from_config(cfg.assets)
+    root = assets.dataset(dataset)
+    paths = sorted([*root.glob("query/*.jpg"), *root.glob("bounding_box_test/*.jpg")])
+    parsed = [(p, parse_market_name(p.name)) for p in paths]
+    parsed = [(p, pid, cam) for p, m in parsed if m and m[0] >= 0 for pid, cam in [m]]
+    embedder = Embedder.from_config(cfg, assets)
+    feats = embedder.embed([cv2.imread(str(p)) for p, _, _ in parsed],
+                           [f"c{cam}" for _, _, cam in parsed])
+    ids = np.array([pid for _, pid, _ in parsed])
+    if fit_dim:
+        centred = feats - feats.mean(0)
+        _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+        kept = float((sv[:fit_dim] ** 2).sum() / (sv**2).sum())
+        print(f"# top {fit_dim} principal directions keep {kept:.1%} of the features' variance")
+        feats = l2_normalize((feats @ vt[:fit_dim].T).astype(np.float32))
+    means = np.stack([feats[ids == i].mean(0) for i in np.unique(ids)])
+    within = feats - means[np.searchsorted(np.unique(ids), ids)]
+    mu, between = means.mean(0), np.cov(means, rowvar=False)
+    within_cov = np.cov(within, rowvar=False)
+
+    def sampler(cov: np.ndarray):
+        vals, vecs = np.linalg.eigh(cov)
+        return (vecs * np.sqrt(np.clip(vals, 0, None))).astype(np.float32)
+
+    b, w = sampler(between), sampler(within_cov)
+    dim = feats.shape[1]
+    count = n // per_identity + 1
+    centres = (mu + rng.standard_normal((count, dim), dtype=np.float32) @ b.T).astype(np.float32)
+    gid = np.arange(n) // per_identity
+    vecs = np.empty((n, dim), np.float32)
+    for lo in range(0, n, 20_000):
+        hi = min(n, lo + 20_000)
+        noise = rng.standard_normal((hi - lo, dim), dtype=np.float32) @ w.T
+        vecs[lo:hi] = l2_normalize(centres[gid[lo:hi]] + noise)
+    print(f"# fitted to {len(feats)} real features of {len(means)} identities ({dataset}); "
+          f"view-to-view cosine of one identity ~{_pair_cosine(feats, ids):.2f}")
+    return vecs, centres, gid, w
+
+
+def fresh_views(centres: np.ndarray, of: np.ndarray, rng: np.random.Generator,
+                view_noise: np.ndarray | None) -> np.ndarray:
+    """New views of identities ``of``: the queries (fitted noise, else isotropic)."""
+    from reidstream.gallery import l2_normalize
+
+    dim = centres.shape[1]
+    noise = rng.standard_normal((len(of), dim), dtype=np.float32)
+    if view_noise is not None:
+        return l2_normalize(centres[of] + noise @ view_noise.T)
+    return l2_normalize(centres[of] + noise * (0.6 / math.sqrt(dim)))
+
+
+def _pair_cosine(feats: np.ndarray, ids: np.ndarray) -> float:
+    sims = feats @ feats.T
+    same = (ids[:, None] == ids[None, :]) & ~np.eye(len(ids), dtype=bool)
+    return float(sims[same].mean())
+
+
 def index_config(base, kind: str, size: int, shards: int, args: argparse.Namespace):
     """Index sizes scaled to the vectors each shard will hold."""
     per_shard = size // shards
@@ -98,7 +179,7 @@ def main() -> int:
     import ray
 
     from reidstream.config import load_config
-    from reidstream.gallery import ShardedGallery, l2_normalize
+    from reidstream.gallery import ShardedGallery
 
     ray.init(
         num_cpus=args.num_cpus,
@@ -119,20 +200,24 @@ def main() -> int:
     print(header)
     print("|---" * 13 + "|")
     t_all = time.perf_counter()
-    for dim in args.dims:
-        vecs_all, centres, gid_all = embeddings(
-            max(args.sizes), dim, rng, args.per_identity, args.family
-        )
+    for dim in [0] if args.fit else args.dims:  # fitted: the features' width
+        view_noise = None
+        if args.fit:
+            vecs_all, centres, gid_all, view_noise = fitted_embeddings(
+                args.fit, max(args.sizes), rng, args.per_identity, args.fit_dim
+            )
+            dim = vecs_all.shape[1]
+        else:
+            vecs_all, centres, gid_all = embeddings(
+                max(args.sizes), dim, rng, args.per_identity, args.family
+            )
         for size in args.sizes:
             vecs, gid = vecs_all[:size], gid_all[:size]
             ids = np.arange(size, dtype=np.int64)
             probe_gid = rng.integers(0, gid[-1] + 1, args.queries)
-            noise = rng.standard_normal((args.queries, dim), dtype=np.float32)
-            queries = l2_normalize(centres[probe_gid] + noise * (0.6 / math.sqrt(dim)))
-            singles = l2_normalize(
-                centres[rng.integers(0, gid[-1] + 1, max(args.single, 1))]
-                + rng.standard_normal((max(args.single, 1), dim), dtype=np.float32)
-                * (0.6 / math.sqrt(dim))
+            queries = fresh_views(centres, probe_gid, rng, view_noise)
+            singles = fresh_views(
+                centres, rng.integers(0, gid[-1] + 1, max(args.single, 1)), rng, view_noise
             )
             exact = exact_top_k(queries, vecs, args.k)
             meta = [

@@ -139,7 +139,9 @@ class ShardedGallery:
         """Top-``k`` over all shards: ``(sims [Q, k] float32, ids [Q, k] int64)``, -1 pads."""
         q = check_vectors(queries, self.dim, self.cfg.norm_tolerance, what="queries")
         k = check_k(k)
-        q_ref = ray.put(q)
+        # A batch goes to the object store once for all shards; a query or two travels inline
+        # (a put costs more than the copy: the linker searches one track at a time).
+        q_ref = ray.put(q) if q.nbytes > 64_000 else q
         parts = ray.get([shard.search.remote(q_ref, k) for shard in self.shards])
         if len(parts) == 1:
             return parts[0]
