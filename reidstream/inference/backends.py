@@ -12,6 +12,7 @@ cores: two actors pinned to the same core would halve each other.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import time
@@ -145,10 +146,17 @@ def _onnxruntime(path: Path, backend: str, device: str, threads: int, precision:
     return run, names
 
 
-def _openvino(path: Path, threads: int, precision: str):
+@functools.cache
+def _openvino_core():
+    """One OpenVINO Core per process, as OpenVINO asks: each Core owns plugins and thread
+    pools, and many of them beside torch's in one process is asking for trouble."""
     import openvino as ov
 
-    core = ov.Core()
+    return ov.Core()
+
+
+def _openvino(path: Path, threads: int, precision: str):
+    core = _openvino_core()
     config = {
         "PERFORMANCE_HINT": "LATENCY",
         "INFERENCE_NUM_THREADS": threads,
