@@ -163,3 +163,18 @@ def test_exported_detector_finds_the_same_people(assets, backend, inference_cfg)
             assert len(a) == len(b) and len(a) > 0
             assert box_iou(a.boxes, b.boxes).max(axis=1).min() >= 0.99
             assert np.allclose(np.sort(a.scores), np.sort(b.scores), atol=1e-3)
+
+
+def test_a_model_that_cannot_export_falls_back_to_torch_under_auto(crops, inference_cfg):
+    """PAUL's patch generator (adaptive pooling of a dynamic map) has no ONNX export: auto
+    embeds with torch and says so; asking for an exported backend by name is a clear error."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(DEFAULTS.model, name="transreid", backbone="mobilenetv2",
+                              jpm=False, pretrained="", patches=4)
+    model = build_model(cfg)
+    kwargs = dict(mean=MEAN, std=STD, device="cpu", inference=inference_cfg)
+    auto = Embedder(model, backend="auto", **kwargs)
+    assert auto.backend == "torch" and auto.session is None
+    assert auto.embed(crops[:2]).shape == (2, auto.feature_dim)
+    with pytest.raises(RuntimeError, match="does not export to ONNX"):
+        Embedder(model, backend=EXPORTED[0], **kwargs)

@@ -7,6 +7,7 @@ before it is imported, so nothing is downloaded or pip-installed at run time.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from reidstream.config import DetectionConfig, InferenceConfig, load_config
 from reidstream.device import select_device
 
 PERSON_CLASS = 0
+log = logging.getLogger(__name__)
 
 
 def offline_ultralytics() -> None:
@@ -120,7 +122,15 @@ class PersonDetector:
         names = rt.installed_backends(device) if self.cfg.backend == "auto" else [self.cfg.backend]
         if names == [rt.TORCH]:
             return rt.TORCH
-        path = export_detector(self.weights, cache_dir(inference.cache_dir))
+        try:
+            path = export_detector(self.weights, cache_dir(inference.cache_dir))
+        except Exception as exc:
+            if self.cfg.backend != "auto":
+                raise RuntimeError(f"detection.backend={self.cfg.backend}: {self.weights} does "
+                                   f"not export to ONNX ({exc}); use detection.backend=torch"
+                                   ) from exc
+            log.warning("%s does not export to ONNX (%s); detecting with torch", self.weights, exc)
+            return rt.TORCH
         runners = {
             name: ExportedYolo(
                 rt.Session(path, name, device, precision=self.cfg.precision), self.cfg

@@ -94,6 +94,15 @@ class Embedder:
         try:
             path = export_embedder(self.model, cache_dir(inference.cache_dir),
                                    name=self.model.cfg.name)
+        except Exception as exc:
+            if backend != "auto":
+                raise RuntimeError(
+                    f"embed.backend={backend}: model {self.model.cfg.name!r} does not export "
+                    f"to ONNX ({type(exc).__name__}: {str(exc)[:300]}); use embed.backend=torch"
+                ) from exc
+            log.warning("model %s does not export to ONNX (%s); embedding with torch",
+                        self.model.cfg.name, str(exc)[:200])
+            return rt.TORCH
         finally:
             self.model.unknown_camera = policy
         sessions = {
