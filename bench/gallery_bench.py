@@ -91,24 +91,18 @@ def fitted_embeddings(
     around them (within); 1M identities are drawn from the first, their views from the second.
     Random isotropic vectors are far harder for an index than learned features, which
     concentrate in a few directions."""
-    import cv2
-
     from reidstream.assets import Assets
     from reidstream.config import load_config
-    from reidstream.data.market import parse_market_name
+    from reidstream.data.market import load_dataset
+    from reidstream.evaluation.evaluate import extract_features
     from reidstream.gallery import l2_normalize
     from reidstream.models import Embedder
 
     cfg = load_config()
     assets = Assets.from_config(cfg.assets)
-    root = assets.dataset(dataset)
-    paths = sorted([*root.glob("query/*.jpg"), *root.glob("bounding_box_test/*.jpg")])
-    parsed = [(p, parse_market_name(p.name)) for p in paths]
-    parsed = [(p, pid, cam) for p, m in parsed if m and m[0] >= 0 for pid, cam in [m]]
+    split = load_dataset(dataset, assets, cfg.data)
     embedder = Embedder.from_config(cfg, assets)
-    feats = embedder.embed([cv2.imread(str(p)) for p, _, _ in parsed],
-                           [f"c{cam}" for _, _, cam in parsed])
-    ids = np.array([pid for _, pid, _ in parsed])
+    feats, ids, _ = extract_features(embedder, split.query + split.gallery, progress=False)
     if fit_dim:
         centred = feats - feats.mean(0)
         _, sv, vt = np.linalg.svd(centred, full_matrices=False)

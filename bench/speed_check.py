@@ -47,7 +47,7 @@ def measure(overrides: list[str], seconds: float) -> dict[str, float | str]:
     from reidstream.detection import PersonDetector
     from reidstream.detection.video import read_video_frames
     from reidstream.models import Embedder
-    from reidstream.pipeline.bench import _one_run
+    from reidstream.pipeline.bench import pipeline_run
     from reidstream.raycluster import ensure_ray
 
     cfg = load_config(overrides=overrides)
@@ -72,7 +72,7 @@ def measure(overrides: list[str], seconds: float) -> dict[str, float | str]:
     crops_per_s = len(crops) / (time.perf_counter() - start)
     del detector, embedder
     ensure_ray(cfg.pipeline.ray_address)
-    run = _one_run(copy.deepcopy(cfg), video, 2, 10.0, seconds)
+    run = pipeline_run(copy.deepcopy(cfg), video, 2, 10.0, seconds)
     return {
         "detector_ms_per_frame": round(det_ms, 1),
         "embedder_crops_per_s": round(crops_per_s, 1),

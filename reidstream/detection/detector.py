@@ -7,7 +7,6 @@ before it is imported, so nothing is downloaded or pip-installed at run time.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,11 +15,10 @@ from typing import Any
 import numpy as np
 
 from reidstream.assets import Assets
-from reidstream.config import DetectionConfig, InferenceConfig, load_config
+from reidstream.config import DetectionConfig, InferenceConfig
 from reidstream.device import select_device
 
 PERSON_CLASS = 0
-log = logging.getLogger(__name__)
 
 
 def offline_ultralytics() -> None:
@@ -102,7 +100,7 @@ class PersonDetector:
             else:
                 self._predict_args["half"] = True
         self.exported: ExportedYolo | None = None
-        self.backend = self._open_backend(inference or load_config().inference)
+        self.backend = self._open_backend(inference)
         # The first call builds the predictor and (on CUDA) the kernels; pay it now, not on frame 1.
         self.detect([np.zeros((cfg.imgsz, cfg.imgsz, 3), dtype=np.uint8)])
 
@@ -113,38 +111,27 @@ class PersonDetector:
             return self.exported.session.precision
         return "fp16" if self.half else "f32"
 
-    def _open_backend(self, inference: InferenceConfig) -> str:
+    def _open_backend(self, inference: InferenceConfig | None) -> str:
         from reidstream.inference import backends as rt
-        from reidstream.inference.export import cache_dir, export_detector
+        from reidstream.inference.export import export_detector
+
+        # A frame of the size cameras send (16:9), with texture, for a fair trial under auto.
+        frame = np.random.default_rng(0).integers(0, 255, (360, 640, 3), dtype=np.uint8)
+
+        def trial(runner: ExportedYolo | None) -> Any:
+            if runner is None:
+                return self.model.predict([frame], **self._predict_args)
+            return runner.detect([frame])
 
         device = self.device.type
-        rt.check_backend(self.cfg.backend, device)
-        names = rt.installed_backends(device) if self.cfg.backend == "auto" else [self.cfg.backend]
-        if names == [rt.TORCH]:
-            return rt.TORCH
-        try:
-            path = export_detector(self.weights, cache_dir(inference.cache_dir))
-        except Exception as exc:
-            if self.cfg.backend != "auto":
-                raise RuntimeError(f"detection.backend={self.cfg.backend}: {self.weights} does "
-                                   f"not export to ONNX ({exc}); use detection.backend=torch"
-                                   ) from exc
-            log.warning("%s does not export to ONNX (%s); detecting with torch", self.weights, exc)
-            return rt.TORCH
-        runners = {
-            name: ExportedYolo(
+        backend, self.exported = rt.open_backend(
+            self.cfg.backend, device, inference,
+            export=lambda folder: export_detector(self.weights, folder),
+            runner=lambda name, path: ExportedYolo(
                 rt.Session(path, name, device, precision=self.cfg.precision), self.cfg
-            )
-            for name in names if name != rt.TORCH
-        }
-        backend = self.cfg.backend
-        if backend == "auto":
-            # A frame of the size cameras send (16:9), with texture, for a fair trial.
-            frame = np.random.default_rng(0).integers(0, 255, (360, 640, 3), dtype=np.uint8)
-            trials = {name: (lambda r=r: r.detect([frame])) for name, r in runners.items()}
-            trials[rt.TORCH] = lambda: self.model.predict([frame], **self._predict_args)
-            backend = rt.pick_fastest(trials, inference.auto_repeats)
-        self.exported = runners.get(backend)
+            ),
+            trial=trial, key="detection.backend", what=str(self.weights),
+        )
         return backend
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:

@@ -105,8 +105,12 @@ class Session:
         self.device = device
         # What the runtime really computes in: ONNX Runtime's CPU and CUDA providers run f32
         # whatever is asked; TensorRT takes a non-f32 request as fp16.
-        self.precision = {OPENVINO: precision, TENSORRT: "f32" if precision == "f32" else "fp16"}
-        self.precision = self.precision.get(backend, "f32")
+        if backend == OPENVINO:
+            self.precision = precision
+        elif backend == TENSORRT and precision != "f32":
+            self.precision = "fp16"
+        else:
+            self.precision = "f32"
         threads = threads or torch.get_num_threads()
         if backend == OPENVINO:
             self._run, self.input_names = _openvino(self.path, threads, precision)
@@ -176,6 +180,50 @@ def _openvino(path: Path, threads: int, precision: str):
         return np.array(request.infer(feed)[0], copy=True)
 
     return run, names
+
+
+def open_backend(
+    requested: str,
+    device: str,
+    inference: Any,
+    export: Callable[[Path], Path],
+    runner: Callable[[str, Path], Any],
+    trial: Callable[[Any], Any],
+    key: str,
+    what: str,
+) -> tuple[str, Any]:
+    """The backend that serves a model and what runs it (None: the torch model itself).
+
+    ``export(cache_dir)`` writes (or finds) the ONNX file; ``runner(name, path)`` wraps a
+    session of backend ``name``; ``trial(runner or None)`` is one representative call, timed
+    for ``auto``. A model that does not export runs in torch under ``auto`` (with a warning)
+    and is a clear error when ``requested`` names an exported backend. ``inference`` (the
+    ``InferenceConfig``; None: the defaults) is only read when an export is needed."""
+    from reidstream.inference.export import cache_dir
+
+    check_backend(requested, device)
+    names = installed_backends(device) if requested == "auto" else [requested]
+    if names == [TORCH]:
+        return TORCH, None
+    if inference is None:
+        from reidstream.config import load_config
+
+        inference = load_config().inference
+    try:
+        path = export(cache_dir(inference.cache_dir))
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if requested != "auto":
+            raise RuntimeError(f"{key}={requested}: {what} does not export to ONNX ({detail}); "
+                               f"use {key}=torch") from exc
+        log.warning("%s does not export to ONNX (%s); running it in torch", what, detail)
+        return TORCH, None
+    runners = {name: runner(name, path) for name in names if name != TORCH}
+    if requested == "auto":
+        trials = {name: functools.partial(trial, r) for name, r in runners.items()}
+        trials[TORCH] = functools.partial(trial, None)
+        requested = pick_fastest(trials, inference.auto_repeats)
+    return requested, runners.get(requested)
 
 
 def pick_fastest(candidates: Mapping[str, Callable[[], Any]], repeats: int = 3) -> str:

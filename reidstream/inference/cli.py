@@ -41,10 +41,7 @@ def run_export(args: argparse.Namespace) -> int:
     cfg.embed.backend = "torch"
     embedder = Embedder.from_config(cfg, assets)
     model = embedder.model
-    policy = model.unknown_camera
-    model.unknown_camera = "zero" if policy == "error" else policy
     path = export_embedder(model, out, name=model.cfg.name, force=True)
-    model.unknown_camera = policy
     print(f"embedder: {path} (camera side information as input 'camera_ids'; "
           f"cameras {embedder.cameras.names or 'none'})")
     if args.check:

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from reidstream.assets import sha256_of
+
 OPSET = 17
 # Bump when the exported graph's contract changes: old cache entries then miss.
 EXPORT_FORMAT = 1
@@ -33,14 +35,6 @@ def cache_dir(configured: str) -> Path:
     path = Path(os.path.expandvars(configured)).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_atomically(target: Path, write: Any) -> Path:
@@ -64,7 +58,7 @@ def export_detector(weights: str | Path, out_dir: str | Path, force: bool = Fals
     from reidstream.detection.detector import offline_ultralytics
 
     weights = Path(weights)
-    digest = _file_hash(weights)[:12]
+    digest = sha256_of(weights)[:12]  # cached: Assets already hashed it to verify it
     target = Path(out_dir) / f"detector-{weights.stem}-{digest}-f{EXPORT_FORMAT}.onnx"
     if target.is_file() and not force:
         return target
@@ -103,7 +97,10 @@ def model_digest(model: Any, unknown_camera: str) -> str:
 def export_embedder(
     model: Any, out_dir: str | Path, name: str = "embedder", force: bool = False
 ) -> Path:
-    """A re-id model (eval mode, its ``unknown_camera`` policy baked in) -> ONNX."""
+    """A re-id model (eval mode, its ``unknown_camera`` policy baked in) -> ONNX.
+
+    A graph cannot raise, so the ``error`` policy is traced as ``zero``: whoever runs the
+    export checks for unknown cameras before it does (``Embedder``)."""
     policy = getattr(model, "unknown_camera", "mean")
     digest = model_digest(model, policy)
     target = Path(out_dir) / f"embedder-{name}-{digest}-f{EXPORT_FORMAT}.onnx"
@@ -125,10 +122,14 @@ def export_embedder(
 
     was_training = model.training
     model.eval()
+    if policy == "error":
+        model.unknown_camera = "zero"
     try:
         _write_atomically(target, write)
     finally:
         model.train(was_training)
+        if policy == "error":
+            model.unknown_camera = policy
     _manifest(target, {"kind": "embedder", "model": model.cfg.name, "digest": digest,
                        "unknown_camera": policy, "inputs": ["images", "camera_ids"],
                        "image_size": [height, width], "feature_dim": int(model.feature_dim)})

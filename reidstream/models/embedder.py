@@ -77,44 +77,21 @@ class Embedder:
         self.size = (model.cfg.img_height, model.cfg.img_width)
         self.precision = precision
         self.session = None  # an exported model's runtime; None runs the torch model
-        self.backend = self._open_backend(backend, inference or load_config().inference)
+        self.backend = self._open_backend(backend, inference)
 
-    def _open_backend(self, backend: str, inference: InferenceConfig) -> str:
+    def _open_backend(self, backend: str, inference: InferenceConfig | None) -> str:
         from reidstream.inference import backends as rt
-        from reidstream.inference.export import cache_dir, export_embedder
+        from reidstream.inference.export import export_embedder
 
+        crops = torch.randn(min(8, self.batch_size), 3, *self.size)  # the trial batch of auto
         device = self.device.type
-        rt.check_backend(backend, device)
-        names = rt.installed_backends(device) if backend == "auto" else [backend]
-        if names == [rt.TORCH]:
-            return rt.TORCH
-        policy = self.model.unknown_camera
-        # The graph cannot raise: "error" is checked here before it runs, and traced as "zero".
-        self.model.unknown_camera = "zero" if policy == "error" else policy
-        try:
-            path = export_embedder(self.model, cache_dir(inference.cache_dir),
-                                   name=self.model.cfg.name)
-        except Exception as exc:
-            if backend != "auto":
-                raise RuntimeError(
-                    f"embed.backend={backend}: model {self.model.cfg.name!r} does not export "
-                    f"to ONNX ({type(exc).__name__}: {str(exc)[:300]}); use embed.backend=torch"
-                ) from exc
-            log.warning("model %s does not export to ONNX (%s); embedding with torch",
-                        self.model.cfg.name, str(exc)[:200])
-            return rt.TORCH
-        finally:
-            self.model.unknown_camera = policy
-        sessions = {
-            name: rt.Session(path, name, device, precision=self.precision)
-            for name in names if name != rt.TORCH
-        }
-        if backend == "auto":
-            crops = torch.randn(min(8, self.batch_size), 3, *self.size)
-            trials = {name: (lambda s=s: self._run(s, crops, None)) for name, s in sessions.items()}
-            trials[rt.TORCH] = lambda: self._run(None, crops, None)
-            backend = rt.pick_fastest(trials, inference.auto_repeats)
-        self.session = sessions.get(backend)
+        backend, self.session = rt.open_backend(
+            backend, device, inference,
+            export=lambda folder: export_embedder(self.model, folder, name=self.model.cfg.name),
+            runner=lambda name, path: rt.Session(path, name, device, precision=self.precision),
+            trial=lambda session: self._run(session, crops, None),
+            key="embed.backend", what=f"model {self.model.cfg.name!r}",
+        )
         return backend
 
     def _run(self, session, images: torch.Tensor, cams: torch.Tensor | None) -> torch.Tensor:

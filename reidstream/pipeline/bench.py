@@ -67,7 +67,7 @@ def run_bench(args: argparse.Namespace) -> int:
     results = []
     for n in args.cameras:
         print(f"bench: {n} camera(s) at {args.fps:g} fps for {args.seconds:g} s ...", flush=True)
-        result = _one_run(copy.deepcopy(cfg), str(video), n, args.fps, args.seconds)
+        result = pipeline_run(copy.deepcopy(cfg), str(video), n, args.fps, args.seconds)
         results.append(result)
         _print_row(result)
     return _write(out, results)
@@ -160,7 +160,9 @@ def checkpoint_calibration(cfg: Any) -> Any:
     return SiteCalibration.from_meta(load_checkpoint(path).meta)
 
 
-def _one_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float) -> dict[str, Any]:
+def pipeline_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float) -> dict[str, Any]:
+    """One ``bench pipeline`` row: a fresh broker and pipeline, ``cameras`` views of ``video``
+    published at ``fps`` for ``seconds``; also what ``bench/speed_check.py`` measures."""
     from reidstream.ingest.broker import EmbeddedBroker
     from reidstream.ingest.publisher import crop_view, publish
     from reidstream.pipeline.runner import Pipeline

@@ -241,12 +241,8 @@ class CameraWorker:
         """Pick the frames due for detection (``detection.stride``) and send them off."""
         batch = _Batch(frames, [f for _, _, f in frames if self._detection_due(f)])
         if batch.due:
-            images = [f.image for f in batch.due]
             try:
-                if hasattr(self.detector.detect, "remote"):
-                    batch.detections = self.detector.detect.remote(images)
-                else:
-                    batch.detections = self.detector.detect(images)
+                batch.detections = self._submit(self.detector.detect, [f.image for f in batch.due])
             except Exception as exc:  # noqa: BLE001 - reported when the batch is finished
                 batch.error = exc
         return batch
@@ -400,10 +396,7 @@ class CameraWorker:
             crops += crops_of_tracks(tracks, session, self.model_version, self.cfg.harvest)
         if not crops:
             return
-        if hasattr(self.harvest.add, "remote"):
-            self.harvest.add.remote(crops)  # fire and forget: off the hot path
-        else:
-            self.harvest.add(crops)
+        self._submit(self.harvest.add, crops)  # fire and forget: off the hot path
 
     def _embed_new_crops(self, tracks: list) -> int:
         """Embed the crops of these tracks not embedded before; returns how many."""
@@ -461,20 +454,22 @@ class CameraWorker:
                 del self._crop_vectors[key]
 
     @staticmethod
+    def _submit(method: Any, *args: Any) -> Any:
+        """Start a stage's call: a Ray reference for an actor method, else the plain answer
+        (stages run in-process in some tests)."""
+        return method.remote(*args) if hasattr(method, "remote") else method(*args)
+
+    @staticmethod
     def _call_result(result: Any) -> Any:
         """A stage's answer: wait for it when it is a Ray object reference."""
         import ray
 
         return ray.get(result) if isinstance(result, ray.ObjectRef) else result
 
-    @staticmethod
-    def _call(method: Any, *args: Any) -> Any:
-        """Call a stage: a Ray actor method, or a plain method when stages run in-process."""
-        import ray
-
-        if hasattr(method, "remote"):
-            return ray.get(method.remote(*args))
-        return method(*args)
+    @classmethod
+    def _call(cls, method: Any, *args: Any) -> Any:
+        """Call a stage and wait for its answer."""
+        return cls._call_result(cls._submit(method, *args))
 
 
 @dataclass
