@@ -22,13 +22,9 @@ import pytest
 
 from reidstream.config import ConfigError, load_config
 from reidstream.ingest.broker import BrokerError, EmbeddedBroker, free_port, kafka_ping
-from reidstream.ingest.kafka_io import (
-    FrameSource,
-    OutRecord,
-    SafeProducer,
-    ensure_topics,
-    kafka_client_kwargs,
-)
+from reidstream.ingest.frame_source import FrameSource
+from reidstream.ingest.kafka_clients import ensure_topics, kafka_client_kwargs
+from reidstream.ingest.producer import OutRecord, SafeProducer
 from reidstream.ingest.publisher import publish, view_left, view_right
 from reidstream.ingest.wire import BadMessage, CropRef, Frame, MatchEvent, encode_frame, jpeg_encode
 
@@ -185,7 +181,7 @@ def test_bad_frames_are_classified_and_good_cameras_keep_flowing(kafka_cfg, vtes
         assert producer.deliver(records, timeout_s=20)
 
     with (
-        caplog.at_level(logging.WARNING, logger="reidstream.ingest.kafka_io"),
+        caplog.at_level(logging.WARNING, logger="reidstream.ingest.frame_checks"),
         FrameSource(cfg) as source,
     ):
         got = poll_until(source, len(records))
@@ -215,7 +211,7 @@ def test_bad_frames_are_classified_and_good_cameras_keep_flowing(kafka_cfg, vtes
         (tp,) = {tp for tp, _, _ in got}
         assert source._consumer.committed(tp) == len(records)
 
-    logged = [r.getMessage() for r in caplog.records if r.name == "reidstream.ingest.kafka_io"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "reidstream.ingest.frame_checks"]
     for camera, reason in {o for o in expected if isinstance(o[1], str)}:
         assert sum(f"camera {camera}:" in m and reason in m for m in logged) == 1, (camera, reason)
 

@@ -32,7 +32,7 @@ def pipeline_cfg(kafka_cfg, ray_local, assets_dir, data_dir):
 
 def _publish_scene_with_bad_records(cfg, video) -> dict[str, int]:
     """Two camera views of the real video, then one record of each kind of bad input."""
-    from reidstream.ingest.kafka_io import ensure_topics, make_producer
+    from reidstream.ingest.kafka_clients import ensure_topics, make_producer
     from reidstream.ingest.publisher import publish, view_left, view_right
     from reidstream.ingest.wire import encode_frame
 
@@ -168,7 +168,7 @@ def test_rollout_mid_stream_loses_no_frame_and_never_mixes_models(pipeline_cfg, 
     import shutil
     import threading
 
-    from reidstream.ingest.kafka_io import ensure_topics
+    from reidstream.ingest.kafka_clients import ensure_topics
     from reidstream.ingest.publisher import publish, view_left, view_right
     from reidstream.ingest.wire import MatchEvent
     from reidstream.pipeline import Pipeline

@@ -530,7 +530,7 @@ def test_bench_linker_replays_a_journal_against_the_truth(tmp_path: Path) -> Non
 
 
 def test_score_reads_the_real_broker(kafka_cfg) -> None:
-    from reidstream.ingest.kafka_io import ensure_topics, make_producer
+    from reidstream.ingest.kafka_clients import ensure_topics, make_producer
     from reidstream.ingest.wire import TrackSummary
     from reidstream.scenes.score import read_topics
 

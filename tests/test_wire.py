@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from reidstream.ingest import wire
-from reidstream.ingest.kafka_io import BadInputCounter, FrameOrder, OffsetTracker, RecentIds
+from reidstream.ingest.dedup import RecentIds
+from reidstream.ingest.frame_checks import BadInputCounter, FrameOrder
+from reidstream.ingest.offsets import OffsetTracker
 from reidstream.ingest.publisher import VIEW_FRACTION, overlapping_views, parse_view
 from reidstream.ingest.wire import (
     BadMessage,
@@ -316,7 +318,7 @@ def test_frame_order_classifies_duplicates_stale_frames_and_restarts():
 
 def test_bad_input_counter_counts_and_logs_once_per_camera_and_reason(caplog):
     counter = BadInputCounter(max_cameras=3)
-    with caplog.at_level(logging.WARNING, logger="reidstream.ingest.kafka_io"):
+    with caplog.at_level(logging.WARNING, logger="reidstream.ingest.frame_checks"):
         for _ in range(3):
             counter.add(BadMessage("corrupt_jpeg", "truncated", "cam1"))
         counter.add(BadMessage("corrupt_jpeg", "truncated", "cam2"))

@@ -43,12 +43,12 @@ def add_arguments_publish(p: argparse.ArgumentParser) -> None:
 
 
 def publish(args: argparse.Namespace) -> int:
-    from reidstream.ingest.kafka_io import (
+    from reidstream.ingest.kafka_clients import (
         BrokerUnavailable,
-        SafeProducer,
         ensure_topics,
         quiet_kafka_logging,
     )
+    from reidstream.ingest.producer import SafeProducer
     from reidstream.ingest.publisher import parse_view
     from reidstream.ingest.publisher import publish as publish_frames
 
@@ -132,12 +132,8 @@ def format_track(track) -> str:
 
 
 def events(args: argparse.Namespace) -> int:
-    from reidstream.ingest.kafka_io import (
-        NO_GROUP,
-        RecentIds,
-        make_consumer,
-        quiet_kafka_logging,
-    )
+    from reidstream.ingest.dedup import RecentIds
+    from reidstream.ingest.kafka_clients import NO_GROUP, make_consumer, quiet_kafka_logging
     from reidstream.ingest.wire import BadMessage, MatchEvent, TrackSummary
 
     quiet_kafka_logging(getattr(args, "verbose", False))
@@ -208,7 +204,7 @@ def broker(args: argparse.Namespace) -> int:
     import dataclasses
 
     from reidstream.ingest.broker import EmbeddedBroker
-    from reidstream.ingest.kafka_io import ensure_topics, quiet_kafka_logging
+    from reidstream.ingest.kafka_clients import ensure_topics, quiet_kafka_logging
 
     quiet_kafka_logging(getattr(args, "verbose", False))
     cfg = load_cli_config(args).kafka

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from reidstream.config import KafkaConfig
-from reidstream.ingest.kafka_io import OutRecord, SafeProducer
+from reidstream.ingest.producer import OutRecord, SafeProducer
 from reidstream.ingest.wire import encode_frame, jpeg_encode
 
 log = logging.getLogger(__name__)

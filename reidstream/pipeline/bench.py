@@ -83,7 +83,7 @@ def _write(out: Path, results: Any) -> int:
 def _scene_run(cfg: Any, scene: str, out: Path) -> dict[str, Any]:
     """Replay the scene through a fresh broker and pipeline, then score what came out."""
     from reidstream.ingest.broker import EmbeddedBroker
-    from reidstream.ingest.kafka_io import ensure_topics
+    from reidstream.ingest.kafka_clients import ensure_topics
     from reidstream.pipeline.runner import Pipeline
     from reidstream.pipeline.stages import model_version
     from reidstream.scenes.replay import publish_scene

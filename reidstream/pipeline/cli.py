@@ -139,7 +139,8 @@ def _start(target: Any, *args: Any, **kwargs: Any) -> threading.Thread:
 def _print_events(cfg: Any, stop: threading.Event) -> None:
     """Follow the events topic, as a user's consumer would, and print each match once."""
     from reidstream.ingest.cli import format_event
-    from reidstream.ingest.kafka_io import RecentIds, make_consumer
+    from reidstream.ingest.dedup import RecentIds
+    from reidstream.ingest.kafka_clients import make_consumer
     from reidstream.ingest.wire import MATCH, BadMessage, MatchEvent
 
     kafka = cfg.kafka

@@ -129,7 +129,7 @@ class Pipeline:
     def start(self) -> Pipeline:
         import ray
 
-        from reidstream.ingest.kafka_io import ensure_topics
+        from reidstream.ingest.kafka_clients import ensure_topics
 
         pc = self.cfg.pipeline
         check_cpu_budget(self.cfg, ray.cluster_resources().get("CPU", 0.0))

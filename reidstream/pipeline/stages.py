@@ -127,14 +127,14 @@ class LinkerStage:
 
 class EventSink:
     def __init__(self, cfg: Config) -> None:
-        from reidstream.ingest.kafka_io import SafeProducer
+        from reidstream.ingest.producer import SafeProducer
 
         self.cfg = cfg.kafka
         self.producer = SafeProducer(cfg.kafka, name="event sink")
 
     def publish(self, events: list, summaries: list) -> bool:
         """True once the broker acknowledged every record: the caller may then commit."""
-        from reidstream.ingest.kafka_io import OutRecord
+        from reidstream.ingest.producer import OutRecord
 
         routed = [(self.cfg.events_topic, e) for e in events]
         routed += [(self.cfg.tracks_topic, s) for s in summaries]
@@ -191,7 +191,7 @@ class CameraWorker:
         sink: Any,
         harvest: Any = None,
     ) -> None:
-        from reidstream.ingest.kafka_io import FrameSource
+        from reidstream.ingest.frame_source import FrameSource
 
         _limit_threads(cfg.pipeline.torch_threads)
         self.cfg = cfg

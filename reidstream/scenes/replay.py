@@ -25,7 +25,7 @@ def publish_scene(kafka: KafkaConfig, scene: str | Path, fps: float = 0.0) -> in
     """
     import cv2
 
-    from reidstream.ingest.kafka_io import OutRecord, SafeProducer
+    from reidstream.ingest.producer import OutRecord, SafeProducer
     from reidstream.ingest.wire import encode_frame, jpeg_encode
 
     manifest, folder = load_manifest(scene)

@@ -622,7 +622,7 @@ def read_topics(kafka_cfg: Any, topics: Sequence[str], idle_s: float) -> dict[st
     """Every JSON record on ``topics`` from the beginning, until they stay quiet ``idle_s``."""
     import time
 
-    from reidstream.ingest.kafka_io import NO_GROUP, make_consumer, quiet_kafka_logging
+    from reidstream.ingest.kafka_clients import NO_GROUP, make_consumer, quiet_kafka_logging
 
     quiet_kafka_logging()
     consumer = make_consumer(kafka_cfg, list(topics), NO_GROUP, auto_offset_reset="earliest")
