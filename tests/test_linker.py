@@ -379,3 +379,33 @@ def test_rollout_re_embeds_stored_crops_into_a_new_gallery_generation() -> None:
     decision = linker.link([dataclasses.replace(_obs("cam2", 9, query, 3000, 4000),
                                                 model_version="v2")])[0]
     assert decision.is_match and decision.matched_track_id == 1
+
+
+def test_a_restarted_linker_never_reuses_a_global_id() -> None:
+    from reidstream.ids import id_base
+
+    cfg = load_config(overrides={"gallery.index": "flat", "gallery.use_gpu": False})
+    rng = np.random.default_rng(3)
+    people = [_person(rng) for _ in range(5)]
+    seen = []
+    for _ in range(2):  # the same tracks shown to a linker and to its restarted successor
+        linker = Linker(GalleryShard(cfg.gallery, DIM), cfg.linker, id_base=id_base())
+        seen.append({d.global_id for d in linker.link(
+            [_obs("cam1", i, p, 0, 1000) for i, p in enumerate(people)])})
+    assert len(seen[0]) == len(seen[1]) == 5 and not seen[0] & seen[1]
+
+
+def test_retractions_name_the_revision_of_the_match_they_withdraw() -> None:
+    linker = _settings_linker(revise=True)
+    rng = np.random.default_rng(10)
+    p = _person(rng)
+    q = p + 0.9 * _person(rng)
+    q /= np.linalg.norm(q)
+    between = 0.6 * p + 0.4 * q
+    between /= np.linalg.norm(between)
+    linker.link([_obs("cam1", 1, p, 0, 2000), _obs("cam1", 2, q, 0, 2000)])
+    wrong = linker.link([_obs("cam2", 5, between, 3000, 6000)])[0]
+    right, retraction, relink = linker.link([_obs("cam2", 6, p, 4000, 7000)])
+    assert wrong.revision == retraction.revision == relink.revision == right.revision == 0
+    ids = {d.event("m").event_id for d in (wrong, right, retraction, relink)}
+    assert len(ids) == 4

@@ -259,6 +259,23 @@ def test_frame_size_change_closes_tracks_and_keeps_ids_unique(cfg: TrackingConfi
         assert all(b.box[2] <= 384 and b.box[3] <= 288 for b in t.boxes)
 
 
+def test_two_lives_of_a_camera_tracker_never_share_a_track_id(
+    cfg: TrackingConfig, clip
+) -> None:
+    """A restarted worker (or a camera moved by a rebalance) starts a new tracker: with a fresh
+    id base its ids cannot collide with the ids the old life handed out."""
+    from reidstream.ids import id_base
+
+    frames, dets = clip
+    first = _run(CameraTracker(cfg, FPS, camera="c", id_base=id_base()), frames, dets)
+    second = _run(CameraTracker(cfg, FPS, camera="c", id_base=id_base()), frames, dets)
+    assert first and second and not set(first) & set(second)
+    # Without a base both lives number from 1: the collision the base prevents.
+    assert set(_run(CameraTracker(cfg, FPS), frames, dets)) & set(
+        _run(CameraTracker(cfg, FPS), frames, dets)
+    )
+
+
 def test_stale_frames_reset_and_config_errors(cfg: TrackingConfig, clip) -> None:
     frames, dets = clip
     tracker = CameraTracker(

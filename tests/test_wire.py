@@ -406,3 +406,36 @@ def test_event_id_follows_the_documented_recipe():
     canon = b'["cam2", 17, "cam1", 4, "bot-tiny@3f2a9c1"]'
     expected = hashlib.blake2b(canon, digest_size=16).hexdigest()
     assert wire.make_event_id("cam2", 17, "cam1", 4, "bot-tiny@3f2a9c1") == expected
+
+
+def test_a_pair_matched_again_after_a_retraction_gets_a_new_event_id():
+    """A consumer that drops repeated ids must not drop the second (correct) match."""
+    first, withdrawn = _event(), _event(kind="retract")
+    again = _event(revision=1)
+    assert len({first.event_id, withdrawn.event_id, again.event_id}) == 3
+    assert _event(kind="retract", revision=1).event_id not in {withdrawn.event_id, again.event_id}
+    assert MatchEvent.from_json(again.to_json()) == again
+    assert first.event_id == _event(revision=0).event_id  # the first match keeps the recipe
+
+
+def test_track_summaries_carry_a_deterministic_id():
+    summary = TrackSummary("cam1", 4, 3, 500, 2500, 21, [1.0, 2.0, 30.0, 90.0], 5)
+    replayed = TrackSummary("cam1", 4, 3, 500, 2500, 21, [0.0, 0.0, 9.0, 9.0], 7)
+    assert len(summary.summary_id) == 32 and summary.summary_id == replayed.summary_id
+    others = [TrackSummary("cam1", 5, 3, 500, 2500, 21, [1.0, 2.0, 30.0, 90.0], 5),
+              TrackSummary("cam1", 4, 8, 500, 2500, 21, [1.0, 2.0, 30.0, 90.0], 5),
+              TrackSummary("cam1", 4, 3, 500, 2900, 25, [1.0, 2.0, 30.0, 90.0], 5)]
+    assert summary.summary_id not in {o.summary_id for o in others}
+    assert TrackSummary.from_json(summary.to_json()).summary_id == summary.summary_id
+
+
+def test_id_bases_never_repeat_and_keep_ids_json_safe():
+    from reidstream.ids import ID_BITS, id_base, id_epoch
+
+    bases = [id_base() for _ in range(1000)]
+    assert bases == sorted(set(bases))  # strictly increasing, even within one millisecond
+    assert all(b2 - b1 >= 1 << ID_BITS for b1, b2 in zip(bases, bases[1:], strict=False))
+    assert bases[-1] + (1 << ID_BITS) < 2**53
+    import time
+
+    assert abs(id_epoch(bases[0]) - time.time() * 1000) < 60_000

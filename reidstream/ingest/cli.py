@@ -105,7 +105,8 @@ def add_arguments_events(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print each event as one JSON line")
     p.add_argument("--tracks", action="store_true", help="also print track summaries")
     p.add_argument("--idle-timeout", type=float, metavar="S", help="exit after S s without news")
-    p.add_argument("--keep-duplicates", action="store_true", help="do not drop repeated event ids")
+    p.add_argument("--keep-duplicates", action="store_true",
+                   help="do not drop repeated event or summary ids")
     add_config_arguments(p)
 
 
@@ -172,10 +173,11 @@ def events(args: argparse.Namespace) -> int:
                         skipped += 1
                         print(f"skipping {tp.topic}@{rec.offset}: {exc}", file=sys.stderr)
                         continue
+                    record_id = obj.summary_id if is_track else obj.event_id
+                    if not args.keep_duplicates and seen.seen(record_id):
+                        continue
                     if is_track:
                         print(obj.to_json() if args.json else format_track(obj), flush=True)
-                        continue
-                    if not args.keep_duplicates and seen.seen(obj.event_id):
                         continue
                     print(obj.to_json() if args.json else format_event(obj), flush=True)
                     shown += 1

@@ -248,14 +248,19 @@ def make_event_id(
     matched_track_id: int,
     model_version: str,
     kind: str = MATCH,
+    revision: int = 0,
 ) -> str:
     """Same link, same id: a replay after a crash re-emits ids a consumer has already seen.
 
-    A retraction hashes its kind too, so it never shares the id of the match it withdraws.
+    A retraction hashes its kind too, so it never shares the id of the match it withdraws; a
+    pair matched again after a retraction hashes its ``revision`` (how many times the pair was
+    matched before), so the new match is not dropped as a repeat of the withdrawn one.
     """
     link: list[Any] = [camera, int(track_id), matched_camera, int(matched_track_id), model_version]
     if kind != MATCH:
         link.append(kind)
+    if revision:
+        link.append(int(revision))
     canon = json.dumps(link)
     return hashlib.blake2b(canon.encode(), digest_size=16).hexdigest()
 
@@ -342,6 +347,7 @@ class MatchEvent(_JsonRecord):
     similarity: float
     model_version: str
     kind: str = MATCH  # MATCH, or RETRACT: the match of these two tracks is withdrawn
+    revision: int = 0  # earlier matches of this pair (each later withdrawn); 0 the first time
     event_id: str = ""  # filled from the fields above when empty
     schema: int = MATCH_SCHEMA_VERSION
 
@@ -359,6 +365,7 @@ class MatchEvent(_JsonRecord):
                 self.matched_track_id,
                 self.model_version,
                 self.kind,
+                self.revision,
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -383,7 +390,12 @@ class TrackSummary(_JsonRecord):
     num_embeddings: int
     # One [frame_index, ts_ms, x1, y1, x2, y2] row per frame seen, oldest first.
     boxes: list[list[float]] = field(default_factory=list)
+    summary_id: str = ""  # filled from the fields above when empty: a replayed summary repeats it
     schema: int = field(default=TRACK_SCHEMA_VERSION)
 
     def __post_init__(self) -> None:
         _check_box(self.best_box, "best_box")
+        if not self.summary_id:
+            canon = json.dumps([self.camera, int(self.track_id), int(self.global_id),
+                                int(self.start_ms), int(self.end_ms), int(self.num_frames)])
+            self.summary_id = hashlib.blake2b(canon.encode(), digest_size=16).hexdigest()

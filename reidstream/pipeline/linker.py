@@ -93,6 +93,7 @@ class LinkDecision:
     matched_track_id: int | None = None
     similarity: float = 0.0
     retracted: bool = False  # the earlier match of this track with matched_* is withdrawn
+    revision: int = 0  # how many times this pair was matched before (a re-match's new id)
     observation: TrackObservation | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -122,6 +123,7 @@ class LinkDecision:
             similarity=round(float(self.similarity), 4),
             model_version=model_version,
             kind=RETRACT if self.retracted else MATCH,
+            revision=self.revision,
         )
 
 
@@ -137,6 +139,7 @@ class _TrackRecord:
     last: TrackObservation | None = None
     lost: set[int] = field(default_factory=set)  # identities it was displaced from
     crops: list[bytes] = field(default_factory=list, repr=False)  # to re-embed on a roll-out
+    rounds: Counter[tuple[str, int]] = field(default_factory=Counter)  # matches it made, by partner
     filed: bool = False  # has a vector in the gallery (a track without crops loses it on a
     # roll-out: a vector of the old model must never meet a query of the new one)
 
@@ -149,7 +152,10 @@ class Linker:
         gallery: Gallery,
         settings: LinkerConfig,
         calibration: SiteCalibration | None = None,
+        id_base: int = 0,
     ) -> None:
+        """``id_base``: global and gallery ids count from here (:func:`reidstream.ids.id_base`
+        in the pipeline, so a restarted linker never hands out an id a consumer has seen)."""
         self.gallery = gallery
         self.settings = settings
         self.calibration = calibration if settings.site_calibration else None
@@ -157,8 +163,8 @@ class Linker:
         self._by_gallery_id: dict[int, tuple[str, int]] = {}
         self._members: dict[int, set[tuple[str, int]]] = {}
         self._link_targets: Counter[tuple[str, int]] = Counter()  # tracks others linked to
-        self._next_gallery_id = itertools.count(1)
-        self._next_global_id = itertools.count(1)
+        self._next_gallery_id = itertools.count(id_base + 1)
+        self._next_global_id = itertools.count(id_base + 1)
         self._calls = 0
         self.model_version: str | None = None  # the gallery's model; set by the first query
 
@@ -323,9 +329,10 @@ class Linker:
                 record.linked = matched.linked = True
                 record.matched, record.similarity = (cam, tid), similarity
                 self._link_targets[(cam, tid)] += 1
+                record.rounds[(cam, tid)] += 1
                 decision = LinkDecision(
                     obs.camera, obs.track_id, record.global_id, cam, tid, similarity,
-                    observation=obs,
+                    revision=record.rounds[(cam, tid)] - 1, observation=obs,
                 )
                 self._file(record, obs, query)
                 for key in displaced:
@@ -368,6 +375,7 @@ class Linker:
         other = self._tracks[link]
         matcher = self._matcher(record, link)
         similarity = matcher.similarity
+        revision = matcher.rounds[link if matcher is record else key] - 1
         matcher.matched, matcher.similarity = None, 0.0
         self._link_targets[link if matcher is record else key] -= 1
         self.gallery.remove(np.array([record.gallery_id], dtype=np.int64))
@@ -381,11 +389,11 @@ class Linker:
             assert other.last is not None
             out.append(LinkDecision(
                 *link, other.global_id, *key, similarity,
-                retracted=True, observation=other.last,
+                retracted=True, revision=revision, observation=other.last,
             ))
         out.append(LinkDecision(
             *key, record.global_id, *link, similarity,
-            retracted=True, observation=record.last,
+            retracted=True, revision=revision, observation=record.last,
         ))
         return out
 

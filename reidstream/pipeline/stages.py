@@ -85,7 +85,9 @@ class LinkerStage:
         self.cfg = cfg
         self.dim = dim
         self.gallery = ShardedGallery.create(cfg.gallery, dim)
-        self.linker = Linker(self.gallery, cfg.linker, calibration)
+        from reidstream.ids import id_base
+
+        self.linker = Linker(self.gallery, cfg.linker, calibration, id_base=id_base())
         self.journal = None
         if cfg.linker.journal:
             from reidstream.pipeline.journal import LinkJournal
@@ -421,12 +423,15 @@ class CameraWorker:
 
     def _tracker(self, camera: str) -> Any:
         from reidstream.adaptation.harvest import new_session
+        from reidstream.ids import id_base
         from reidstream.tracking import CameraTracker
 
         if camera not in self.trackers:
+            # A fresh id base: this life of the camera's tracker never reuses an earlier
+            # life's track ids (a restarted worker, a camera moved here by a rebalance).
             self.trackers[camera] = CameraTracker(
                 self.cfg.tracking, self.cfg.pipeline.default_fps, camera=camera,
-                detect_stride=self.cfg.detection.stride,
+                detect_stride=self.cfg.detection.stride, id_base=id_base(),
             )
             self._sessions[camera] = new_session()
         return self.trackers[camera]

@@ -7,7 +7,9 @@ pipeline can embed a track early (``ready_for_embedding``), refresh it, and clos
 person has been gone for ``max_lost_frames``.
 
 Track ids are unique for the life of one ``CameraTracker``: a restart of the motion model (frame
-size change, ``flush``, ``reset``) never hands out an id again.
+size change, ``flush``, ``reset``) never hands out an id again. Given an ``id_base``
+(:func:`reidstream.ids.id_base`), they are unique across its lives too: the pipeline starts a
+camera's tracker with a fresh base after every worker restart or rebalance.
 """
 
 from __future__ import annotations
@@ -88,7 +90,12 @@ class CameraTracker:
     """One camera's tracker; feed frames in order. Not thread-safe (one per camera worker)."""
 
     def __init__(
-        self, cfg: TrackingConfig, frame_rate: int | float, camera: str = "", detect_stride: int = 1
+        self,
+        cfg: TrackingConfig,
+        frame_rate: int | float,
+        camera: str = "",
+        detect_stride: int = 1,
+        id_base: int = 0,
     ) -> None:
         """``detect_stride``: the tracker sees every k-th frame of the camera (detection runs on
         those only); its motion buffer counts updates, so it is divided by k, and boxes of the
@@ -108,8 +115,8 @@ class CameraTracker:
         self.max_lost = max(1, round(cfg.max_lost_frames * self.frame_rate / REFERENCE_FPS))
         self._tracker_cls = TRACKERS.get(cfg.tracker)()
         self._tracker = self._new_tracker()
-        self._id_base = 0  # added to the motion model's ids; raised on each restart
-        self._max_id = 0
+        self._id_base = id_base  # added to the motion model's ids; raised on each restart
+        self._max_id = id_base
         self._live: dict[int, TrackState] = {}
         self._ended: list[TrackState] = []  # closed by a restart, handed out by finished_tracks
         self._frame_shape: tuple[int, int] | None = None
