@@ -153,6 +153,10 @@ class KafkaConfig:
     linger_ms: int
     idempotent_producer: bool
     jpeg_quality: int
+    max_frame_pixels: int
+    max_ts_jump_ms: int
+    ts_confirm_frames: int
+    dead_letter_topic: str
 
 
 @dataclass

@@ -101,6 +101,7 @@ def kafka_cfg(kafka_broker, request):
         frames_topic=f"test.frames.{tag}",
         events_topic=f"test.matches.{tag}",
         tracks_topic=f"test.tracks.{tag}",
+        dead_letter_topic=f"test.deadletter.{tag}",
         group_id=f"test-group-{tag}",
         partitions=2,
         request_timeout_ms=3000,

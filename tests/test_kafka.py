@@ -21,9 +21,15 @@ import numpy as np
 import pytest
 
 from reidstream.config import ConfigError, load_config
+from reidstream.ingest import wire
 from reidstream.ingest.broker import BrokerError, EmbeddedBroker, free_port, kafka_ping
 from reidstream.ingest.frame_source import FrameSource
-from reidstream.ingest.kafka_clients import ensure_topics, kafka_client_kwargs
+from reidstream.ingest.kafka_clients import (
+    NO_GROUP,
+    ensure_topics,
+    kafka_client_kwargs,
+    make_consumer,
+)
 from reidstream.ingest.producer import OutRecord, SafeProducer
 from reidstream.ingest.publisher import publish, view_left, view_right
 from reidstream.ingest.wire import BadMessage, CropRef, Frame, MatchEvent, encode_frame, jpeg_encode
@@ -116,7 +122,8 @@ def test_embedded_broker_reports_failures_clearly(tmp_path):
 
 def test_ensure_topics_is_idempotent(kafka_cfg):
     created = ensure_topics(kafka_cfg, partitions=2)
-    names = [kafka_cfg.frames_topic, kafka_cfg.events_topic, kafka_cfg.tracks_topic]
+    names = [kafka_cfg.frames_topic, kafka_cfg.events_topic, kafka_cfg.tracks_topic,
+             kafka_cfg.dead_letter_topic]
     assert sorted(created) == sorted(names)
     assert ensure_topics(kafka_cfg, partitions=2) == []
     from kafka import KafkaAdminClient
@@ -145,13 +152,19 @@ def test_bad_frames_are_classified_and_good_cameras_keep_flowing(kafka_cfg, vtes
     def good(i: int) -> OutRecord:
         return frame_record(topic, "good", small[i], t0 + 100 * i, i)
 
-    def bad(index: int, **change) -> OutRecord:
-        key, value, headers = encode_frame("bad", jpeg_encode(small[0], 90), t0 + index, index)
+    def bad(index: int, ts: int | None = None, **change) -> OutRecord:
+        ts = t0 + index if ts is None else ts
+        key, value, headers = encode_frame("bad", jpeg_encode(small[0], 90), ts, index)
         key, value = change.get("key", key), change.get("value", value)
         headers = change.get("headers", headers)
         return OutRecord(topic, key, value, headers)
 
     ok_jpeg = jpeg_encode(small[1], 90)
+    # A 5 kB JPEG whose frame header declares 60000 x 60000 pixels (decoding it would ask
+    # libjpeg for 10 GB): refused from the header, never decoded.
+    sof = ok_jpeg.index(b"\xff\xc0")
+    bomb = ok_jpeg[: sof + 5] + (60000).to_bytes(2, "big") * 2 + ok_jpeg[sof + 9 :]
+    assert wire.jpeg_size(bomb) == (60000, 60000) and wire.jpeg_size(ok_jpeg) == (256, 128)
     records, expected = [], []  # expected: (camera, frame index) or (camera, reason)
     plan = [
         (bad(0, value=ok_jpeg[: len(ok_jpeg) // 2]), ("bad", "corrupt_jpeg")),
@@ -173,6 +186,9 @@ def test_bad_frames_are_classified_and_good_cameras_keep_flowing(kafka_cfg, vtes
         (bad(9), ("bad", "out_of_order")),
         (bad(11, value=b"\xff\xd8\xff" + bytes(2000) + b"\xff\xd9"), ("bad", "corrupt_jpeg")),
         (good(4), ("good", 4)),
+        (bad(12, value=bomb), ("bad", "too_many_pixels")),
+        (bad(13, ts=t0 + 86_400_000), ("bad", "timestamp_jump")),  # one frame dated tomorrow
+        (bad(14), ("bad", 14)),  # ... does not shut the camera out
     ]
     for record, outcome in plan:
         records.append(record)
@@ -201,8 +217,9 @@ def test_bad_frames_are_classified_and_good_cameras_keep_flowing(kafka_cfg, vtes
                 assert psnr(frame.image, small[frame.frame_index]) > 30
         assert source.bad.count("bad", "corrupt_jpeg") == 2
         assert source.bad.total() == sum(isinstance(o[1], str) for o in expected)
-        assert source.stats["frames"] == 6 and source.stats["bad"] == 10
-        # Bad records are done at once; the good ones once the pipeline says so.
+        assert source.stats["frames"] == 7 and source.stats["bad"] == 12
+        # Bad records are done once their dead-letter copy is acknowledged; the good ones
+        # once the pipeline says so.
         for tp, offset, item in got:
             if isinstance(item, Frame):
                 source.done(tp, offset)
@@ -214,6 +231,30 @@ def test_bad_frames_are_classified_and_good_cameras_keep_flowing(kafka_cfg, vtes
     logged = [r.getMessage() for r in caplog.records if r.name == "reidstream.ingest.frame_checks"]
     for camera, reason in {o for o in expected if isinstance(o[1], str)}:
         assert sum(f"camera {camera}:" in m and reason in m for m in logged) == 1, (camera, reason)
+
+    # Nothing refused is lost: each one is on the dead-letter topic, as it came, with why.
+    refused = [(i, o[1]) for i, o in enumerate(expected) if isinstance(o[1], str)]
+    consumer = make_consumer(cfg, [cfg.dead_letter_topic], NO_GROUP, auto_offset_reset="earliest")
+    try:
+        letters = []
+        deadline = time.monotonic() + 30
+        while len(letters) < len(refused) and time.monotonic() < deadline:
+            for recs in consumer.poll(timeout_ms=300).values():
+                letters += recs
+    finally:
+        consumer.close()
+    assert len(letters) == len(refused)
+    letters.sort(key=lambda r: int(dict(r.headers)["rs-dlq-source"].rsplit(b":", 1)[1]))
+    for letter, (offset, reason) in zip(letters, refused, strict=True):
+        headers = dict(letter.headers)
+        assert headers["rs-dlq-reason"] == reason.encode()
+        assert headers["rs-dlq-source"] == f"{topic}:0:{offset}".encode()
+        assert headers["rs-dlq-detail"]
+        original = records[offset]
+        if len(original.value) <= cfg.max_message_bytes:
+            assert letter.value == original.value and letter.key == original.key
+        else:  # the oversized frame keeps a prefix, and says how long it was
+            assert headers["rs-dlq-truncated"] == b"%d" % len(original.value)
 
 
 # ---- publishing real video --------------------------------------------------------------------

@@ -439,3 +439,49 @@ def test_id_bases_never_repeat_and_keep_ids_json_safe():
     import time
 
     assert abs(id_epoch(bases[0]) - time.time() * 1000) < 60_000
+
+
+def test_one_frame_cannot_move_a_cameras_clock_but_a_run_of_them_can():
+    order = FrameOrder(max_jump_ms=60_000, confirm=3)
+    day = 86_400_000
+    verdicts = []
+    for index, ts in [
+        (0, 1000),
+        (1, 1100),
+        (2, 1100 + day),  # one frame dated tomorrow: refused ...
+        (3, 1300),  # ... and the camera goes on with its clock
+        (4, 1400 + 3_600_000),  # back after an hour: three frames in order move the clock
+        (5, 1500 + 3_600_000),
+        (6, 1600 + 3_600_000),
+        (7, 1700 + 3_600_000),
+        (0, 500),  # a publisher restarted on a machine whose clock is behind: the same rule
+        (1, 600),
+        (2, 700),
+        (3, 800),
+    ]:
+        bad = order.check("cam", index, ts)
+        verdicts.append(bad.reason if bad else "ok")
+    jump = "timestamp_jump"
+    assert verdicts == ["ok", "ok", jump, "ok", jump, jump, "ok", "ok", jump, jump, "ok", "ok"]
+    assert order.restarts["cam"] == 2
+    # Without the limit (the old behaviour) tomorrow's frame shuts the camera out.
+    old = FrameOrder()
+    assert old.check("c", 0, 1000) is None and old.check("c", 1, 1000 + day) is None
+    assert old.check("c", 2, 1200).reason == "out_of_order"
+
+
+def test_jpeg_size_reads_the_frame_header_without_decoding(crop_jpeg):
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(crop_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert wire.jpeg_size(crop_jpeg) == image.shape[:2]
+    progressive = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert wire.jpeg_size(progressive) == image.shape[:2]  # SOF2
+    assert wire.jpeg_size(b"\xff\xd8\xff\xd9") is None
+    assert wire.jpeg_size(crop_jpeg[:20]) is None
+    key, _, headers = wire.encode_frame("cam", crop_jpeg, 1, 1)
+    with pytest.raises(BadMessage) as err:
+        wire.decode_frame(key, crop_jpeg, headers, 1 << 20, max_pixels=image.shape[0] - 1)
+    assert err.value.reason == "too_many_pixels"
+    frame = wire.decode_frame(key, crop_jpeg, headers, 1 << 20, max_pixels=image.size)
+    assert frame.camera == "cam"

@@ -18,6 +18,7 @@ from typing import Any
 
 from reidstream.config import KafkaConfig
 from reidstream.ingest.backoff import Outage, backoff_for
+from reidstream.ingest.dead_letter import DeadLetters
 from reidstream.ingest.frame_checks import BadInputCounter, FrameOrder
 from reidstream.ingest.kafka_clients import make_consumer
 from reidstream.ingest.offsets import OffsetTracker
@@ -33,7 +34,9 @@ class FrameSource:
     """The frames topic as a stream of decoded, checked frames, for one consumer-group member.
 
     ``poll`` returns good frames and :class:`BadMessage` values (already counted in
-    :attr:`bad`; skip them, but treat them as done). With ``track_offsets`` (default), every
+    :attr:`bad`; skip them). A refused record is copied to the dead-letter topic
+    (:mod:`.dead_letter`, ``kafka.dead_letter_topic``) and counts as done once that copy is
+    acknowledged. With ``track_offsets`` (default), every
     polled record is in flight until :meth:`done`; :meth:`commit_done` then commits only what
     is finished. Callers that track offsets themselves pass ``track_offsets=False`` and use
     :meth:`commit` with next-to-read offsets.
@@ -59,7 +62,12 @@ class FrameSource:
         self.group_id = cfg.group_id if group_id is None else group_id
         self.topic = topic or cfg.frames_topic
         self.bad = counter or BadInputCounter()
-        self.order = order or FrameOrder()
+        self.order = order or FrameOrder(
+            max_jump_ms=cfg.max_ts_jump_ms, confirm=cfg.ts_confirm_frames
+        )
+        self.dead_letters = (
+            DeadLetters(cfg, cfg.dead_letter_topic) if cfg.dead_letter_topic else None
+        )
         self.offsets: OffsetTracker | None = OffsetTracker() if track_offsets else None
         self.cameras = frozenset(cfg.cameras)
         self._on_assign, self._on_revoke = on_assign, on_revoke
@@ -139,6 +147,8 @@ class FrameSource:
             if kind == "revoked":
                 for tp in partitions:
                     self._pending.pop(tp, None)
+                if self.dead_letters is not None:
+                    self.dead_letters.drop(partitions)
                 if self.offsets is not None:
                     self.offsets.forget(partitions)
                 if self._on_revoke:
@@ -203,15 +213,45 @@ class FrameSource:
                     self._camera_tp[item.camera] = tp
                 if self.offsets is not None:
                     self.offsets.started(tp, rec.offset)
-                    if isinstance(item, BadMessage):
-                        self.offsets.finished(tp, rec.offset)
+                if isinstance(item, BadMessage):
+                    self._refused(tp, rec.offset, rec, item)
                 out.append((tp, rec.offset, item))
+        self._flush_dead_letters()
         return out
+
+    def refuse(self, tp: Any, offset: int, frame: Frame, bad: BadMessage) -> None:
+        """A polled frame the pipeline cannot use after all (the detector fails on it alone):
+        count it and dead-letter it (re-encoded) instead of marking it done."""
+        from types import SimpleNamespace
+
+        from reidstream.ingest.wire import encode_frame, jpeg_encode
+
+        self.bad.add(bad)
+        self.stats["bad"] += 1
+        key, value, headers = encode_frame(
+            frame.camera, jpeg_encode(frame.image), frame.ts_ms, frame.frame_index, frame.modality
+        )
+        self._refused(tp, offset, SimpleNamespace(key=key, value=value, headers=headers), bad)
+        self._flush_dead_letters()
+
+    def _refused(self, tp: Any, offset: int, record: Any, bad: BadMessage) -> None:
+        if self.dead_letters is not None:
+            self.dead_letters.add(tp, offset, record, bad)
+        elif self.offsets is not None:
+            self.offsets.finished(tp, offset)
+
+    def _flush_dead_letters(self) -> None:
+        if self.dead_letters is None:
+            return
+        for tp, offset in self.dead_letters.flush():
+            if self.offsets is not None:
+                self.offsets.finished(tp, offset)
 
     def _classify(self, rec: Any) -> Frame | BadMessage:
         try:
             frame = decode_frame(
-                rec.key, rec.value, rec.headers, self.cfg.max_message_bytes, self.cameras
+                rec.key, rec.value, rec.headers, self.cfg.max_message_bytes, self.cameras,
+                self.cfg.max_frame_pixels,
             )
         except BadMessage as bad:
             self.bad.add(bad)
@@ -306,6 +346,8 @@ class FrameSource:
             except Exception as exc:  # noqa: BLE001 - closing must not raise at shutdown
                 log.debug("consumer close: %s", exc)
             self._consumer = None
+        if self.dead_letters is not None:
+            self.dead_letters.close()
 
     def _discard_client(self) -> None:
         consumer, self._consumer = self._consumer, None

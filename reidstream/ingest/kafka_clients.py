@@ -154,7 +154,8 @@ def ensure_topics(
     topics: Iterable[str] | None = None,
     timeout_s: float = 30.0,
 ) -> list[str]:
-    """Create the frames, events and tracks topics that are missing; returns those created.
+    """Create the frames, events, tracks and dead-letter topics that are missing; returns those
+    created.
 
     Idempotent. Existing topics are left alone (a warning says so if they have fewer partitions
     than asked, which caps how many camera workers can share the load).
@@ -169,6 +170,7 @@ def ensure_topics(
             cfg.frames_topic,
             cfg.events_topic,
             cfg.tracks_topic,
+            *([cfg.dead_letter_topic] if cfg.dead_letter_topic else []),
         ]
     )
     deadline = time.monotonic() + timeout_s

@@ -44,6 +44,9 @@ OVERSIZED_FRAME = "oversized_frame"
 DUPLICATE = "duplicate"
 OUT_OF_ORDER = "out_of_order"
 MALFORMED_JSON = "malformed_json"
+TOO_MANY_PIXELS = "too_many_pixels"  # the JPEG declares more pixels than allowed: not decoded
+TIMESTAMP_JUMP = "timestamp_jump"  # one frame may not move a camera's clock (FrameOrder)
+DETECTION_ERROR = "detection_error"  # the detector failed on this frame alone
 REASONS = (
     CORRUPT_JPEG,
     MISSING_HEADER,
@@ -56,6 +59,9 @@ REASONS = (
     DUPLICATE,
     OUT_OF_ORDER,
     MALFORMED_JSON,
+    TOO_MANY_PIXELS,
+    TIMESTAMP_JUMP,
+    DETECTION_ERROR,
 )
 
 # Camera ids travel as Kafka keys, header values, metric labels and file names: keep them tame.
@@ -63,6 +69,7 @@ CAMERA_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
 _UINT_RE = re.compile(rb"[0-9]{1,19}")
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
+_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RSTn: no length field
 
 Headers = list[tuple[str, bytes]]
 _Bad = Callable[..., "BadMessage"]
@@ -128,11 +135,13 @@ def decode_frame(
     headers: Iterable[tuple[str, bytes | None]] | None,
     max_bytes: int,
     cameras: Collection[str] | None = None,
+    max_pixels: int = 0,
 ) -> Frame:
     """Check a frames-topic record and decode its JPEG, or raise :class:`BadMessage`.
 
-    Cheap checks (headers, allow-list ``cameras``, size) run before the JPEG is decoded, so a
-    flood of unwanted frames costs little.
+    Cheap checks (headers, allow-list ``cameras``, size, and the pixel count the JPEG header
+    declares, when ``max_pixels`` is set) run before the JPEG is decoded, so a flood of
+    unwanted frames costs little and a small file declaring a huge image is never decoded.
     """
     hdr = _header_map(headers, key)
     camera_hint = _camera_hint(key, hdr)
@@ -161,7 +170,7 @@ def decode_frame(
         raise bad(EMPTY_FRAME, "no image bytes")
     if len(value) > max_bytes:
         raise bad(OVERSIZED_FRAME, f"{len(value)} bytes > limit {max_bytes}")
-    image = _decode_jpeg(value, bad)
+    image = _decode_jpeg(value, bad, max_pixels)
     return Frame(camera, ts_ms, frame_index, modality, image)
 
 
@@ -219,7 +228,38 @@ def _text_header(hdr: Mapping[str, bytes | None], name: str, bad: _Bad) -> str:
         raise bad(MALFORMED_HEADER, f"header {name!r} is not UTF-8") from None
 
 
-def _decode_jpeg(value: bytes, bad: _Bad) -> np.ndarray:
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's frame header, without decoding; None if it has none.
+
+    Walks the marker segments up to the first start-of-frame (SOF0..SOF15, not DHT/JPG/DAC).
+    """
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            i += 2
+            continue
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > n:
+                return None
+            return int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(
+                data[i + 7 : i + 9], "big"
+            )
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def _decode_jpeg(value: bytes, bad: _Bad, max_pixels: int = 0) -> np.ndarray:
     import cv2
 
     if not value.startswith(_JPEG_SOI):
@@ -227,6 +267,12 @@ def _decode_jpeg(value: bytes, bad: _Bad) -> np.ndarray:
     # libjpeg fills a truncated image with grey and only warns: refuse it here instead.
     if not value.rstrip(b"\x00").endswith(_JPEG_EOI):
         raise bad(CORRUPT_JPEG, "no JPEG end-of-image marker (truncated)")
+    if max_pixels:
+        size = jpeg_size(value)
+        if size is None:
+            raise bad(CORRUPT_JPEG, "no JPEG frame header")
+        if size[0] * size[1] > max_pixels:
+            raise bad(TOO_MANY_PIXELS, f"{size[1]}x{size[0]} declared, limit {max_pixels} pixels")
     try:
         image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:
