@@ -21,9 +21,9 @@ class FrameOrder:
     With ``max_jump_ms``, one frame cannot move a camera's clock: a frame captured more than
     that after the newest accepted one (a future-dated timestamp) or before it (a publisher
     restarted on a machine whose clock is behind) is refused as ``timestamp_jump``, and the
-    camera goes on with its old clock. Only ``confirm`` such frames in a row, in order among themselves, move the
-    camera to the new clock (a camera that really was off for an hour, a publisher restarted
-    on a machine whose clock is behind); that counts as a restart.
+    camera goes on with its old clock. Only ``confirm`` such frames in a row, in order among
+    themselves, move the camera to the new clock (a camera that really was off for an hour, a
+    publisher restarted elsewhere); that counts as a restart.
     """
 
     def __init__(self, window: int = 256, max_jump_ms: int = 0, confirm: int = 5) -> None:
