@@ -252,6 +252,10 @@ class PipelineConfig:
     run_seconds: float
     idle_stop_seconds: float
     stats_interval_s: float
+    commit_hold_s: float
+    silent_camera_s: float
+    max_cameras_per_worker: int
+    restart_backoff_max_s: float
 
 
 @dataclass
@@ -266,6 +270,8 @@ class LinkerConfig:
     journal: str
     keep_crops: int
     site_calibration: bool
+    state_dir: str
+    snapshot_interval_s: float
 
 
 @dataclass

@@ -109,6 +109,9 @@ def kafka_cfg(kafka_broker, request):
         delivery_timeout_ms=6000,
         max_block_ms=3000,
         reconnect_backoff_max_ms=1000,
+        session_timeout_ms=6000,  # a killed consumer's partitions move within seconds
+        heartbeat_interval_ms=1000,
+        max_poll_interval_ms=30000,
     )
 
 

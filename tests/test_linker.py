@@ -305,10 +305,10 @@ def test_old_tracks_drop_their_kept_embedding() -> None:
     rng = np.random.default_rng(12)
     linker.link([_obs("cam1", 1, _person(rng), 0, 1000)])
     assert linker._tracks[("cam1", 1)].last is not None
-    for i in range(255):  # the 256th call sweeps; cam1/1 ended long before
-        linker.link([_obs("cam2", 100 + i, _person(rng), 60_000 + i, 61_000 + i)])
+    for i in range(255):  # the 256th call sweeps; cam1/1 ended long before, on cam1's clock
+        linker.link([_obs("cam1", 100 + i, _person(rng), 60_000 + i, 61_000 + i)])
     assert linker._tracks[("cam1", 1)].last is None
-    assert linker._tracks[("cam2", 354)].last is not None
+    assert linker._tracks[("cam1", 354)].last is not None
 
 
 def test_identities_unseen_for_forget_after_ms_are_dropped() -> None:
@@ -320,7 +320,8 @@ def test_identities_unseen_for_forget_after_ms_are_dropped() -> None:
     assert old_cam2.is_match and old_cam2.global_id == old_cam1.global_id
     before = len(linker.gallery)
     for i in range(253):  # calls 3-255; the 256th sweeps. p's identity ended long before
-        linker.link([_obs("cam2", 100 + i, _person(rng), 60_000 + i, 61_000 + i)])
+        camera = "cam1" if i % 2 else "cam2"  # on both cameras' clocks
+        linker.link([_obs(camera, 100 + i, _person(rng), 60_000 + i, 61_000 + i)])
     assert linker.global_id_of("cam1", 1) is not None
     linker.link([_obs("cam3", 999, _person(rng), 70_000, 71_000)])  # call 256
     assert linker.global_id_of("cam1", 1) is None and linker.global_id_of("cam2", 2) is None
@@ -409,3 +410,70 @@ def test_retractions_name_the_revision_of_the_match_they_withdraw() -> None:
     assert wrong.revision == retraction.revision == relink.revision == right.revision == 0
     ids = {d.event("m").event_id for d in (wrong, right, retraction, relink)}
     assert len(ids) == 4
+
+
+def test_a_camera_with_a_skewed_clock_does_not_age_other_cameras_identities() -> None:
+    import time
+
+    linker = _settings_linker(forget_after_ms=60_000)
+    rng = np.random.default_rng(4)
+    alice, bob = _person(rng), _person(rng)
+    first = linker.link([_obs("cam1", 1, _view(alice, rng), 0, 2000)])[0]
+    day = 86_400_000
+    for i in range(300):  # cam2's clock is a day ahead; the linker forgets every 256 calls
+        linker.link([_obs("cam2", 100 + i, _view(bob, rng), day + 10 * i, day + 10 * i + 5)])
+    assert linker.global_id_of("cam1", 1) == first.global_id  # cam1 has not moved on
+    # cam1's own clock moving past forget_after does forget it.
+    for i in range(300):
+        linker.link([_obs("cam1", 1000 + i, _view(bob, rng), 70_000 + i, 70_001 + i)])
+    assert linker.global_id_of("cam1", 1) is None
+    # A camera that falls silent still ages its identities, on the wall clock.
+    linker = _settings_linker(forget_after_ms=50)
+    linker.link([_obs("cam3", 1, _view(alice, rng), 0, 2000)])
+    time.sleep(0.2)
+    for i in range(300):
+        linker.link([_obs("cam4", 10 + i, _view(bob, rng), 0, 2000)])
+    assert linker.global_id_of("cam3", 1) is None
+
+
+def test_a_restarted_linker_restores_identities_from_snapshot_and_log(tmp_path) -> None:
+    """Snapshot after some calls, more calls logged, then a crash: a new linker over an empty
+    gallery comes back with every identity, the gallery's vectors, and the answers of the
+    logged calls; ids it hands out after that are new."""
+    from reidstream.ids import id_base
+    from reidstream.pipeline.linker_state import LinkerStore
+
+    cfg = load_config(overrides={"gallery.index": "flat", "gallery.use_gpu": False})
+    settings = dataclasses.replace(cfg.linker, threshold=0.8, margin=0.02, min_track_ms=0,
+                                   journal="")
+    rng = np.random.default_rng(5)
+    people = [_person(rng) for _ in range(6)]
+    linker = Linker(GalleryShard(cfg.gallery, DIM), settings, id_base=id_base())
+    store = LinkerStore(tmp_path, snapshot_interval_s=3600)
+    answers = {}
+    for step, (camera, start) in enumerate([("cam1", 0), ("cam2", 3000), ("cam3", 6000)]):
+        obs = [_obs(camera, 10 * step + i, _view(p, rng), start, start + 2000)
+               for i, p in enumerate(people)]
+        answers[f"r{step}"] = linker.link(obs)
+        store.log(f"r{step}", obs, answers[f"r{step}"])
+        if step == 0:
+            store.snapshot(linker, linker.gallery)  # cam2 and cam3 come from the log
+    assert sum(d.is_match for d in answers["r1"] + answers["r2"]) == 12
+    before = {key: linker.global_id_of(*key) for key in linker._tracks}
+    store.close()
+
+    restored = Linker(GalleryShard(cfg.gallery, DIM), settings)
+    store = LinkerStore(tmp_path, snapshot_interval_s=3600)
+    info = store.restore(restored, restored.gallery)
+    restored.skip_ids_to(id_base())
+    assert info == {"snapshot": 1, "tracks": 6, "replayed_calls": 2}
+    assert {key: restored.global_id_of(*key) for key in before} == before
+    assert len(restored.gallery) == len(linker.gallery)
+    assert [d.global_id for d in store.answers["r2"]] == [d.global_id for d in answers["r2"]]
+    assert [d.event("m").event_id for d in store.answers["r2"]] == [
+        d.event("m").event_id for d in answers["r2"]]
+    # The same person again links to the restored identity; a new one gets a new id.
+    again = restored.link([_obs("cam4", 1, _view(people[0], rng), 9000, 11000)])[0]
+    assert again.is_match and again.global_id == before[("cam1", 0)]
+    new = restored.link([_obs("cam4", 2, _person(rng), 9000, 11000)])[0]
+    assert new.global_id > max(before.values())

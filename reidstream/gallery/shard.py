@@ -354,6 +354,7 @@ class GalleryShard:
         self.cfg = cfg
         self.dim = int(dim)
         self.shard_id = shard_id
+        self._incarnation = os.urandom(8).hex()
         self.kind = cfg.index
         self._backend: _Backend = INDEX_KINDS.build(cfg.index, cfg, self.dim)
         self._gpu = resolve_use_gpu(cfg.use_gpu, cfg.index)
@@ -547,6 +548,10 @@ class GalleryShard:
     def size(self) -> int:
         """``len()`` for callers holding an actor handle."""
         return len(self)
+
+    def incarnation(self) -> str:
+        """Differs after every (re)start of this shard: how a linker learns it came back empty."""
+        return self._incarnation
 
     def stats(self) -> dict[str, Any]:
         searched = self._replica if self._replica is not None else self._index

@@ -89,6 +89,8 @@ class ShardedGallery:
             options: dict[str, Any] = {
                 "num_cpus": cfg.actor_num_cpus,
                 "num_gpus": cfg.actor_num_gpus,
+                # A dead shard comes back (empty): a linker with a state dir refills it.
+                "max_restarts": -1,
             }
             if name_prefix:
                 options.update(name=f"{name_prefix}-gallery-{i}", get_if_exists=True)
@@ -166,6 +168,10 @@ class ShardedGallery:
 
     def size(self) -> int:
         return sum(ray.get([shard.size.remote() for shard in self.shards]))
+
+    def incarnations(self) -> list[str]:
+        """One token per shard, new after each restart (see ``GalleryShard.incarnation``)."""
+        return ray.get([shard.incarnation.remote() for shard in self.shards])
 
     def stats(self) -> list[dict[str, Any]]:
         return ray.get([shard.stats.remote() for shard in self.shards])

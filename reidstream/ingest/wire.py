@@ -47,6 +47,7 @@ MALFORMED_JSON = "malformed_json"
 TOO_MANY_PIXELS = "too_many_pixels"  # the JPEG declares more pixels than allowed: not decoded
 TIMESTAMP_JUMP = "timestamp_jump"  # one frame may not move a camera's clock (FrameOrder)
 DETECTION_ERROR = "detection_error"  # the detector failed on this frame alone
+TOO_MANY_CAMERAS = "too_many_cameras"  # a worker already tracks pipeline.max_cameras_per_worker
 REASONS = (
     CORRUPT_JPEG,
     MISSING_HEADER,
@@ -62,6 +63,7 @@ REASONS = (
     TOO_MANY_PIXELS,
     TIMESTAMP_JUMP,
     DETECTION_ERROR,
+    TOO_MANY_CAMERAS,
 )
 
 # Camera ids travel as Kafka keys, header values, metric labels and file names: keep them tame.

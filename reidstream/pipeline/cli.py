@@ -45,13 +45,17 @@ def _run_until_stopped(cfg: Any, on_started: Any = None) -> int:
 
     ensure_ray(cfg.pipeline.ray_address)
     pipeline = Pipeline(cfg).start()
-    previous = signal.signal(signal.SIGINT, lambda *_: pipeline.stop())
+    # Ctrl-C, `ray job stop`, `kill` and container stops (SIGTERM) all end the run the same
+    # way: open tracks end and go out, offsets are committed, the actors are freed.
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda *_: pipeline.stop()) for s in stop_signals}
     try:
         if on_started is not None:
             on_started(pipeline)
         stats = pipeline.run(on_progress=_Progress())
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         pipeline.shutdown()
     _print_summary(stats.summary())
     return 0
@@ -75,7 +79,8 @@ class _Progress:
         print(
             f"[pipeline] frames={s['frames']} ({s['frames_per_s']:.1f}/s) bad={s['bad_frames']} "
             f"events={s['events']} tracks={s['tracks_finished']} "
-            f"latency since last line p50={lat.get('p50', '-')}ms p95={lat.get('p95', '-')}ms",
+            f"latency since last line p50={lat.get('p50', '-')}ms p95={lat.get('p95', '-')}ms"
+            + (f" restarts={sum(s['restarts'].values())}" if s["restarts"] else ""),
             flush=True,
         )
 

@@ -31,7 +31,9 @@ measured on the site's cannot-link pairs, :mod:`reidstream.adaptation.calibratio
 configured ``threshold`` and ``margin`` apply to pairs it has no figure for.
 
 **Memory.** An identity none of whose tracks was seen for ``forget_after_ms`` is forgotten,
-its gallery vectors with it: a person back after that gets a new identity.
+its gallery vectors with it: a person back after that gets a new identity. "Seen for" is read
+on each camera's own clock (its newest capture time, running on with the wall clock while the
+camera is silent), so one camera with a skewed clock cannot age every other camera's identities.
 
 The gallery is anything with ``add``, ``search`` and ``metadata``
 (one :class:`~reidstream.gallery.GalleryShard` in tests, the sharded Ray gallery in the
@@ -42,6 +44,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -166,6 +170,7 @@ class Linker:
         self._next_gallery_id = itertools.count(id_base + 1)
         self._next_global_id = itertools.count(id_base + 1)
         self._calls = 0
+        self._camera_clock: dict[str, tuple[int, float]] = {}  # newest end_ms, when it came
         self.model_version: str | None = None  # the gallery's model; set by the first query
 
     def link(self, observations: list[TrackObservation]) -> list[LinkDecision]:
@@ -179,28 +184,35 @@ class Linker:
         decisions, revisions = [], []
         for obs, query, row_sims, row_ids in zip(observations, queries, sims, ids, strict=True):
             decisions.append(self._link_one(obs, query, row_sims, row_ids, revisions))
-        self._forget_old_observations(max(o.end_ms for o in observations))
+            newest = self._camera_clock.get(obs.camera, (obs.end_ms, 0.0))[0]
+            self._camera_clock[obs.camera] = (max(newest, obs.end_ms), time.monotonic())
+        self._forget_old_observations()
         return decisions + revisions
 
-    def _forget_old_observations(self, now_ms: int) -> None:
+    def _age_ms(self, key: tuple[str, int]) -> int:
+        """How long ago the track ended, on its own camera's clock."""
+        newest, when = self._camera_clock.get(key[0], (0, time.monotonic()))
+        return newest + int((time.monotonic() - when) * 1000) - self._tracks[key].end_ms
+
+    def _forget_old_observations(self) -> None:
         """Every 256 calls: drop the kept embeddings of tracks too old to be displaced, and
         whole identities unseen for ``forget_after_ms`` (so memory stays bounded)."""
         self._calls += 1
         if self._calls % 256:
             return
-        horizon = now_ms - 2 * self.settings.same_camera_gap_ms
-        for record in self._tracks.values():
-            if record.last is not None and record.end_ms < horizon:
+        horizon = 2 * self.settings.same_camera_gap_ms
+        for key, record in self._tracks.items():
+            if record.last is not None and self._age_ms(key) > horizon:
                 record.last = None
         if self.settings.forget_after_ms > 0:
-            self._forget_identities(now_ms - self.settings.forget_after_ms)
+            self._forget_identities(self.settings.forget_after_ms)
 
-    def _forget_identities(self, horizon_ms: int) -> None:
-        """Forget every identity whose tracks all ended before ``horizon_ms``. Links only join
-        tracks of one identity, so no remaining track refers to a forgotten one."""
+    def _forget_identities(self, max_age_ms: int) -> None:
+        """Forget every identity all of whose tracks ended more than ``max_age_ms`` ago. Links
+        only join tracks of one identity, so no remaining track refers to a forgotten one."""
         gone: list[int] = []
         for global_id, members in list(self._members.items()):
-            if any(self._tracks[key].end_ms >= horizon_ms for key in members):
+            if any(self._age_ms(key) <= max_age_ms for key in members):
                 continue
             for key in members:
                 record = self._tracks.pop(key)
@@ -283,6 +295,82 @@ class Linker:
             "filed": sum(r.filed for r in self._tracks.values()),
             "tracks": len(self._tracks),
         }
+
+    # -- durable state (reidstream.pipeline.linker_state) ---------------------------------------
+
+    def export_state(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Every track's record as a row, and the counters and clocks: all a restarted linker
+        needs besides the gallery's vectors (saved by the gallery itself)."""
+        from reidstream.pipeline.journal import to_record
+
+        rows = []
+        for (camera, track_id), r in self._tracks.items():
+            rows.append({
+                "camera": camera, "track_id": track_id, "gallery_id": r.gallery_id,
+                "global_id": r.global_id, "start_ms": r.start_ms, "end_ms": r.end_ms,
+                "linked": r.linked, "matched_camera": r.matched[0] if r.matched else None,
+                "matched_track_id": r.matched[1] if r.matched else None,
+                "similarity": r.similarity, "lost": sorted(r.lost), "crops": list(r.crops),
+                "rounds": json.dumps([[c, tid, n] for (c, tid), n in r.rounds.items()]),
+                "filed": r.filed,
+                "last": json.dumps(to_record(r.last, 0)) if r.last is not None else None,
+            })
+        now = time.monotonic()
+        meta = {
+            "next_gallery_id": self._peek("_next_gallery_id"),
+            "next_global_id": self._peek("_next_global_id"),
+            "calls": self._calls,
+            "model_version": self.model_version,
+            "camera_clock": {c: [ts, int((now - when) * 1000)]
+                             for c, (ts, when) in self._camera_clock.items()},
+        }
+        return rows, meta
+
+    def import_state(self, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+        """Replace this linker's state with an exported one (the gallery is loaded apart)."""
+        from reidstream.pipeline.journal import from_record
+
+        self._tracks, self._by_gallery_id, self._members = {}, {}, {}
+        self._link_targets = Counter()
+        for row in rows:
+            key = (str(row["camera"]), int(row["track_id"]))
+            matched = None
+            if row["matched_camera"] is not None:
+                matched = (str(row["matched_camera"]), int(row["matched_track_id"]))
+            record = _TrackRecord(
+                gallery_id=int(row["gallery_id"]), global_id=int(row["global_id"]),
+                start_ms=int(row["start_ms"]), end_ms=int(row["end_ms"]),
+                linked=bool(row["linked"]), matched=matched,
+                similarity=float(row["similarity"]), lost={int(g) for g in row["lost"]},
+                crops=[bytes(c) for c in row["crops"]],
+                rounds=Counter({(c, int(tid)): int(n) for c, tid, n in json.loads(row["rounds"])}),
+                filed=bool(row["filed"]),
+                last=from_record(json.loads(row["last"])) if row["last"] else None,
+            )
+            self._tracks[key] = record
+            self._by_gallery_id[record.gallery_id] = key
+            self._members.setdefault(record.global_id, set()).add(key)
+            if matched is not None:
+                self._link_targets[matched] += 1
+        self._next_gallery_id = itertools.count(int(meta["next_gallery_id"]))
+        self._next_global_id = itertools.count(int(meta["next_global_id"]))
+        self._calls = int(meta["calls"])
+        self.model_version = meta["model_version"]
+        now = time.monotonic()
+        self._camera_clock = {c: (int(ts), now - age / 1000) for c, (ts, age)
+                              in meta["camera_clock"].items()}
+
+    def skip_ids_to(self, base: int) -> None:
+        """New ids from at least ``base`` on (after a recovery: never reuse an id handed out
+        after the snapshot, whatever the replay decided)."""
+        for name in ("_next_gallery_id", "_next_global_id"):
+            setattr(self, name, itertools.count(max(self._peek(name), base + 1)))
+
+    def _peek(self, name: str) -> int:
+        """The next value of an id counter, without using it up."""
+        value = next(getattr(self, name))
+        setattr(self, name, itertools.count(value))
+        return value
 
     def global_id_of(self, camera: str, track_id: int) -> int | None:
         record = self._tracks.get((camera, track_id))

@@ -2,8 +2,11 @@
 
 The driver keeps exactly one step in flight per camera worker, so the work in the system is
 bounded by ``num_workers x max_poll_records`` frames whatever the input rate: a backlog waits in
-Kafka, not in memory. A worker that dies is restarted by Ray; the frames it had not committed
-are delivered again by the consumer group (at-least-once).
+Kafka, not in memory. A worker that dies is restarted by Ray, and one whose step fails
+(:class:`~reidstream.pipeline.stages.StageFailure`) is restarted by the driver; either way the
+frames it had not committed are delivered again by the consumer group (at-least-once), and
+the driver steps a worker that keeps failing less and less often (doubling back-off).
+Linker, sink and harvest actors are restarted by Ray too (the linker restores its snapshot).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class PipelineStats:
     crops_embedded: int = 0
     last_frame_at: float = field(default_factory=time.monotonic)
     seconds: Counter = field(default_factory=Counter)
+    restarts: Counter = field(default_factory=Counter)  # actors restarted, by kind
     bad_by_reason: Counter = field(default_factory=Counter)
     # The most recent samples only: a pipeline runs for weeks (a day of 4 cameras is 3.5 M).
     frame_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
@@ -82,6 +86,7 @@ class PipelineStats:
             "frame_latency_ms": percentiles(self.frame_latency_ms),
             "event_latency_ms": percentiles(self.event_latency_ms),
             "stage_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "restarts": dict(self.restarts),
         }
 
 
@@ -154,8 +159,16 @@ class Pipeline:
         calibration = ray.get(embedders[0].calibration.remote())
         if calibration is not None:
             log.info("%s", calibration.describe())
-        linker = ray.remote(LinkerStage).options(num_cpus=0).remote(self.cfg, dim, calibration)
-        sink = ray.remote(EventSink).options(num_cpus=0).remote(self.cfg)
+        # Restarted whenever they die; a call in flight is retried on the new actor (publishing
+        # twice is at-least-once; a link query is answered from the restored linker state).
+        restart = {"max_restarts": -1, "max_task_retries": -1}
+        linker_cfg = self.cfg
+        if self.cfg.linker.state_dir:  # actors may run elsewhere than the driver's folder
+            linker_cfg = copy.deepcopy(self.cfg)
+            linker_cfg.linker.state_dir = str(Path(self.cfg.linker.state_dir).resolve())
+        linker = (ray.remote(LinkerStage).options(num_cpus=0, **restart)
+                  .remote(linker_cfg, dim, calibration))
+        sink = ray.remote(EventSink).options(num_cpus=0, **restart).remote(self.cfg)
         self.harvest = None
         if self.cfg.harvest.dir:
             from reidstream.adaptation.harvest import HarvestStage
@@ -164,10 +177,11 @@ class Pipeline:
             harvest_cfg = dataclasses.replace(
                 self.cfg.harvest, dir=str(Path(self.cfg.harvest.dir).resolve())
             )
-            self.harvest = ray.remote(HarvestStage).options(num_cpus=0).remote(harvest_cfg)
+            self.harvest = (ray.remote(HarvestStage).options(num_cpus=0, max_restarts=-1)
+                            .remote(harvest_cfg))
         self.workers = [
             ray.remote(CameraWorker)
-            .options(num_cpus=pc.worker_num_cpus, max_restarts=3)
+            .options(num_cpus=pc.worker_num_cpus, max_restarts=-1)
             .remote(self.cfg, i, detectors[i % len(detectors)], embedders[i % len(embedders)],
                     linker, sink, self.harvest)
             for i in range(pc.num_workers)
@@ -198,9 +212,11 @@ class Pipeline:
         pc = self.cfg.pipeline
         self.stats = PipelineStats()  # rates and idleness count from here, not from start-up
         in_flight = {w.step.remote(): w for w in self.workers}
+        waiting: dict[int, float] = {}  # failed workers (index) -> when to step them again
+        failures = Counter()  # consecutive failed steps per worker (index)
         last_progress = time.monotonic()
         request = None  # a roll-out waiting for the steps in flight to finish
-        while in_flight or request is not None:
+        while in_flight or waiting or request is not None:
             if request is None:
                 request = ray.get(self.control.take.remote())
             if request is not None and not in_flight:
@@ -208,18 +224,32 @@ class Pipeline:
                 request = None
                 # The workers were paused for the roll-out, not idle: idleness counts from now.
                 self.stats.last_frame_at = time.monotonic()
+                waiting.clear()
                 if not self._should_stop():
                     in_flight = {w.step.remote(): w for w in self.workers}
+                continue
+            now = time.monotonic()
+            for i in [i for i, at in waiting.items() if at <= now]:
+                del waiting[i]
+                if request is None and not self._should_stop():
+                    in_flight[self.workers[i].step.remote()] = self.workers[i]
+            if not in_flight:
+                time.sleep(0.1)
                 continue
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in ready:
                 worker = in_flight.pop(ref)
+                index = self.workers.index(worker)
                 try:
                     self.stats.add(ray.get(ref))
-                except RayActorError as exc:
-                    log.error("camera worker died (%s); Ray restarts it, Kafka re-delivers", exc)
-                except RayTaskError as exc:
-                    log.error("camera worker step failed: %s", exc)
+                    failures.pop(index, None)
+                except (RayActorError, RayTaskError) as exc:
+                    failures[index] += 1
+                    delay = min(pc.restart_backoff_max_s, 0.5 * 2 ** (failures[index] - 1))
+                    self._worker_failed(worker, exc, delay)
+                    self.stats.restarts["worker"] += 1
+                    waiting[index] = time.monotonic() + delay
+                    continue
                 if request is None and not self._should_stop():
                     in_flight[worker.step.remote()] = worker
             now = time.monotonic()
@@ -227,6 +257,20 @@ class Pipeline:
                 on_progress(self.stats)
                 last_progress = now
         return self.stats
+
+    def _worker_failed(self, worker: Any, exc: Exception, delay: float) -> None:
+        """A dead worker is being restarted by Ray; one whose step failed is restarted here
+        (its trackers may be half-way through the step). Both re-read from the last commit."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        if isinstance(exc, RayActorError):
+            log.error("camera worker died (%s); Ray restarts it, Kafka re-delivers its frames; "
+                      "next step in %.1f s", exc, delay)
+            return
+        log.error("camera worker step failed (%s); restarting it to re-read from its last "
+                  "commit; next step in %.1f s", str(exc).strip().splitlines()[-1], delay)
+        ray.kill(worker, no_restart=False)
 
     def _serve_rollout(self, request: Any) -> None:
         """Answer a roll-out request (the workers are idle now); never let it stop the run."""

@@ -5,8 +5,10 @@
 - :class:`LinkerStage`: global identities over the sharded FAISS gallery (:mod:`.linker`).
 - :class:`EventSink`: produces match events and track summaries to Kafka.
 - :class:`CameraWorker`: a consumer in the frames group; owns the trackers of the cameras whose
-  partitions it holds, drives one bounded step at a time, and commits offsets only after the
-  events of those frames are produced.
+  partitions it holds, drives one bounded step at a time, and commits a frame's offset only
+  once the events of that frame are acknowledged and no open track still needs it (see
+  ``docs/guarantees.md``). A stage failure that is not one frame's fault raises
+  :class:`StageFailure`: nothing of the step is committed and the driver restarts the worker.
 
 The classes are plain Python; ``runner.Pipeline`` makes them Ray actors with the resources
 the config gives.
@@ -15,8 +17,10 @@ the config gives.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +30,12 @@ import numpy as np
 from reidstream.config import Config
 
 log = logging.getLogger(__name__)
+
+
+class StageFailure(RuntimeError):
+    """A stage the worker needs failed (not because of the input): the step's frames are not
+    done, and the worker's state is not to be trusted. The driver restarts the worker, which
+    reads again from the last commit."""
 
 
 def _limit_threads(n: int) -> None:
@@ -80,24 +90,63 @@ class EmbedderStage:
 class LinkerStage:
     def __init__(self, cfg: Config, dim: int, calibration: Any = None) -> None:
         from reidstream.gallery import ShardedGallery
+        from reidstream.ids import id_base
         from reidstream.pipeline.linker import Linker
 
         self.cfg = cfg
         self.dim = dim
         self.gallery = ShardedGallery.create(cfg.gallery, dim)
-        from reidstream.ids import id_base
-
         self.linker = Linker(self.gallery, cfg.linker, calibration, id_base=id_base())
         self.journal = None
         if cfg.linker.journal:
             from reidstream.pipeline.journal import LinkJournal
 
             self.journal = LinkJournal(cfg.linker.journal)
+        self.store = None
+        if cfg.linker.state_dir:  # identities survive restarts: reidstream.pipeline.linker_state
+            from reidstream.pipeline.linker_state import LinkerStore
 
-    def link(self, observations: list) -> list:
+            self.store = LinkerStore(cfg.linker.state_dir, cfg.linker.snapshot_interval_s)
+            self._restore("start")
+
+    def link(self, observations: list, request_id: str = "") -> list:
+        """Decisions for a worker's observations. With a state dir, a retried request (the
+        worker's call outlived a linker crash) gets the answer it was given the first time."""
+        from ray.exceptions import RayActorError
+
         if self.journal is not None:
             self.journal.write(observations)
-        return self.linker.link(observations)
+        if self.store is None:
+            return self.linker.link(observations)
+        if request_id and request_id in self.store.answers:
+            return self.store.answers[request_id]
+        if self.gallery.incarnations() != self._incarnations:
+            self._restore("a gallery shard restarted")
+        try:
+            decisions = self.linker.link(observations)
+        except RayActorError:  # a shard died during the call
+            self._restore("a gallery shard died")
+            if request_id and request_id in self.store.answers:
+                return self.store.answers[request_id]
+            decisions = self.linker.link(observations)
+        self.store.log(request_id, observations, decisions)
+        if self.store.snapshot_due():
+            self.store.snapshot(self.linker, self.gallery)
+        return decisions
+
+    def _restore(self, why: str) -> None:
+        """A fresh linker from the newest snapshot and its log; every shard reloaded."""
+        from reidstream.ids import id_base
+        from reidstream.pipeline.linker import Linker
+
+        assert self.store is not None
+        fresh = Linker(self.gallery, self.cfg.linker)
+        fresh.calibration = self.linker.calibration
+        restored = self.store.restore(fresh, self.gallery)
+        fresh.skip_ids_to(id_base())  # ids after the restore are new, whatever replay decided
+        self.linker = fresh
+        self._incarnations = self.gallery.incarnations()
+        log.info("linker state restored (%s): %s", why, restored)
 
     def global_ids(self, keys: list[tuple[str, int]]) -> list[int | None]:
         return [self.linker.global_id_of(cam, tid) for cam, tid in keys]
@@ -121,6 +170,9 @@ class LinkerStage:
         if fresh is not None:
             old.shutdown()
             self.gallery, self.dim = fresh, dim
+        if self.store is not None:  # the log's vectors are the old model's: start afresh
+            self._incarnations = self.gallery.incarnations()
+            self.store.snapshot(self.linker, self.gallery)
         return result
 
     def versions(self) -> dict:
@@ -207,6 +259,13 @@ class CameraWorker:
         self._last_report: dict[str, float] = {}
         self._last_detected: dict[str, int] = {}  # camera -> frame index (detection.stride)
         self._ahead: _Batch | None = None  # pipeline.detect_ahead: polled, being detected
+        # Frames processed but not yet done, per camera, oldest first: (index, ts, tp, offset).
+        self._held: dict[str, deque[tuple[int, int, Any, int]]] = {}
+        self._last_seen: dict[str, float] = {}  # camera -> monotonic time of its last frame
+        from reidstream.ids import id_base
+
+        self._requests = itertools.count()  # link calls, named for the linker's retry check
+        self._life = id_base()
         self.model_version = model_version(cfg)
 
     def ready(self) -> bool:
@@ -221,69 +280,156 @@ class CameraWorker:
         linked and committed: detection of one batch overlaps embedding of the other, on
         another core. Frames wait one step longer; nothing is committed before it is done.
         """
-        from reidstream.ingest.wire import BadMessage
+        from reidstream.ingest.wire import TOO_MANY_CAMERAS, BadMessage
 
         stats = StepStats()
         with _timed(stats.seconds, "poll"):
             polled = self.source.poll(self.cfg.pipeline.max_poll_records,
                                       self.cfg.pipeline.poll_timeout_ms)
         frames = []
+        now = time.monotonic()
         for tp, offset, item in polled:
             if isinstance(item, BadMessage):
                 stats.count_bad(item.reason)
+            elif self._refuse_camera(item.camera):
+                self.source.refuse(tp, offset, item, BadMessage(
+                    TOO_MANY_CAMERAS, f"this worker already tracks {len(self._last_seen)} "
+                    "cameras (pipeline.max_cameras_per_worker)", item.camera))
+                stats.count_bad(TOO_MANY_CAMERAS)
             else:
+                self._last_seen[item.camera] = now
                 frames.append((tp, offset, item))
         batch = self._start_detection(frames)
         if self.cfg.pipeline.detect_ahead:
             batch, self._ahead = self._ahead, batch
         self._finish_batch(batch, stats)
+        self._end_silent_cameras(stats)
+        with _timed(stats.seconds, "commit"):
+            self.source.commit_done()
         return stats
+
+    def _refuse_camera(self, camera: str) -> bool:
+        """A camera beyond ``pipeline.max_cameras_per_worker``: its trackers would not fit."""
+        limit = self.cfg.pipeline.max_cameras_per_worker
+        return bool(limit) and camera not in self._last_seen and len(self._last_seen) >= limit
+
+    def _end_silent_cameras(self, stats: StepStats) -> None:
+        """A camera that sent nothing for ``pipeline.silent_camera_s``: its open tracks end and
+        go out, and its tracker is dropped (memory stays bounded by the cameras that talk)."""
+        limit = self.cfg.pipeline.silent_camera_s
+        if limit <= 0:
+            return
+        now = time.monotonic()
+        ahead = {f.camera for _, _, f in self._ahead.frames} if self._ahead else set()
+        silent = [c for c, t in self._last_seen.items() if now - t > limit and c not in ahead]
+        if not silent:
+            return
+        finished = [t for c in silent if c in self.trackers for t in self.trackers[c].flush()]
+        self._link_and_publish(finished, stats)
+        for camera in silent:
+            log.info("worker %d: camera %s silent for %.0f s; its tracks ended", self.index,
+                     camera, limit)
+            self._forget_camera(camera)
+            for _, _, tp, offset in self._held.pop(camera, ()):
+                self.source.done(tp, offset)
 
     def _start_detection(self, frames: list) -> _Batch:
         """Pick the frames due for detection (``detection.stride``) and send them off."""
-        batch = _Batch(frames, [f for _, _, f in frames if self._detection_due(f)])
+        batch = _Batch(frames, [f for f in frames if self._detection_due(f[2])])
         if batch.due:
             try:
-                batch.detections = self._submit(self.detector.detect, [f.image for f in batch.due])
+                batch.detections = self._submit(
+                    self.detector.detect, [f.image for _, _, f in batch.due]
+                )
             except Exception as exc:  # noqa: BLE001 - reported when the batch is finished
                 batch.error = exc
         return batch
 
     def _finish_batch(self, batch: _Batch | None, stats: StepStats) -> None:
-        finished = []
+        """Track, embed, link and publish one polled batch; then release what may be done.
+
+        Every frame is held (not done) until no open track of its camera began at or before
+        it, or ``pipeline.commit_hold_s`` of capture time passed: a crash then re-reads whole
+        tracks, not their tails. A stage failure raises :class:`StageFailure` before anything
+        of the batch is done.
+        """
+        finished: list = []
         frames = batch.frames if batch is not None else []
+        detections: dict[tuple[Any, int], Any] = {}
         if batch is not None and batch.due:
-            detections = []
-            try:
-                with _timed(stats.seconds, "detect"):
-                    if batch.error is not None:
-                        raise batch.error
-                    detections = self._call_result(batch.detections)
-            except Exception as exc:  # a frame the detector cannot take must not stop the rest
-                self._report("detector", exc)
-                stats.count_bad("detection_error", len(frames))
-            with _timed(stats.seconds, "track"):
-                for frame, dets in zip(batch.due, detections, strict=False):
-                    if frame.camera not in batch.revoked:
-                        finished += self._track(frame, dets, stats)
-            stats.frames = len(frames) if detections else 0
-        else:
-            stats.frames = len(frames)  # all between two detections (detection.stride)
-        try:
-            self._link_and_publish(finished, stats)
-        except Exception as exc:  # embedder or linker failure: these tracks go unlinked
-            self._report("embedding/linking", exc)
-            stats.count_bad("link_error", len(finished))
-        for tp, offset, _ in frames:
-            self.source.done(tp, offset)
-        with _timed(stats.seconds, "commit"):
-            self.source.commit_done()
+            with _timed(stats.seconds, "detect"):
+                detections = self._detections(batch, stats)
+        with _timed(stats.seconds, "track"):
+            for tp, offset, frame in frames:
+                if frame.camera in (batch.revoked if batch else ()) or (tp, offset) in (
+                    batch.refused if batch else ()
+                ):
+                    continue
+                self._held.setdefault(frame.camera, deque()).append(
+                    (frame.frame_index, frame.ts_ms, tp, offset)
+                )
+                if (tp, offset) in detections:
+                    finished += self._track(frame, detections[(tp, offset)], stats)
+        stats.frames = len(frames) - (len(batch.refused) if batch else 0)
+        self._link_and_publish(finished, stats)
+        self._release()
         done = _now_ms()
         for _, _, frame in frames:
             lat = _latency_ms(frame.ts_ms)
             if lat is not None:
                 stats.frame_latency_ms.append(lat)
             stats.frame_done_ms.append(done)
+
+    def _detections(self, batch: _Batch, stats: StepStats) -> dict[tuple[Any, int], Any]:
+        """The batch's detections by (partition, offset). When the batch fails, each frame is
+        tried alone: a frame the detector fails on by itself is refused (dead-lettered); a
+        detector that fails on every frame, or is gone, is a :class:`StageFailure`."""
+        from ray.exceptions import RayActorError
+
+        from reidstream.ingest.wire import DETECTION_ERROR, BadMessage
+
+        keys = [(tp, offset) for tp, offset, _ in batch.due]
+        try:
+            if batch.error is not None:
+                raise batch.error
+            return dict(zip(keys, self._call_result(batch.detections), strict=True))
+        except RayActorError as exc:
+            raise StageFailure(f"detector actor gone: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - find out whether one frame is to blame
+            self._report("detector", exc)
+        out, failed = {}, []
+        for tp, offset, frame in batch.due:
+            try:
+                out[(tp, offset)] = self._call(self.detector.detect, [frame.image])[0]
+            except RayActorError as exc:
+                raise StageFailure(f"detector actor gone: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - this frame's own failure
+                failed.append((tp, offset, frame, exc))
+        if failed and not out and len(batch.due) > 1:
+            raise StageFailure(f"the detector failed on each of {len(failed)} frames alone")
+        for tp, offset, frame, exc in failed:
+            self.source.refuse(tp, offset, frame, BadMessage(
+                DETECTION_ERROR, f"{type(exc).__name__}: {exc}"[:500], frame.camera))
+            stats.count_bad(DETECTION_ERROR)
+            batch.refused.add((tp, offset))
+        return out
+
+    def _release(self, everything: bool = False) -> None:
+        """Mark done the held frames no open track needs (see :meth:`_finish_batch`)."""
+        hold_ms = self.cfg.pipeline.commit_hold_s * 1000.0
+        for camera in list(self._held):
+            held = self._held[camera]
+            tracker = self.trackers.get(camera)
+            oldest = None
+            if not everything and hold_ms > 0 and tracker is not None:
+                oldest = min((t.first_frame for t in tracker.live_tracks), default=None)
+            newest_ts = held[-1][1]
+            while held and (oldest is None or held[0][0] < oldest
+                            or newest_ts - held[0][1] > hold_ms):
+                _, _, tp, offset = held.popleft()
+                self.source.done(tp, offset)
+            if not held:
+                del self._held[camera]
 
     def _detection_due(self, frame: Any) -> bool:
         """Every ``detection.stride``-th frame of a camera is detected and tracked; the frames
@@ -298,13 +444,24 @@ class CameraWorker:
     def _track(self, frame: Any, detections: Any, stats: StepStats) -> list:
         """Update the camera's tracker; returns the tracks this frame finished."""
         tracker = self._tracker(frame.camera)
+        ended = []
+        if tracker.last_frame is not None and frame.frame_index <= tracker.last_frame:
+            # The source accepted it, so the camera's publisher restarted its numbering: end
+            # the old tracks (they go out now) and track from here with a fresh motion model.
+            log.info("worker %d: camera %s restarted at frame %d; its tracks end", self.index,
+                     frame.camera, frame.frame_index)
+            ended = tracker.reset()
+            held = self._held.get(frame.camera)
+            while held and held[0][0] > frame.frame_index:  # the old numbering's frames
+                _, _, tp, offset = held.popleft()
+                self.source.done(tp, offset)
         try:
             tracker.update(detections, frame.image, frame.ts_ms, frame.frame_index)
         except Exception as exc:  # one odd frame: count it, keep the camera going
             self._report(f"tracker of {frame.camera}", exc)
             stats.count_bad("tracking_error")
-            return []
-        return tracker.finished_tracks(frame.frame_index)
+            return ended
+        return ended + tracker.finished_tracks(frame.frame_index)
 
     def _report(self, what: str, exc: Exception) -> None:
         """Log a failing stage fully the first time, then once a minute."""
@@ -322,6 +479,7 @@ class CameraWorker:
             self._finish_batch(batch, stats)
         finished = [t for tracker in self.trackers.values() for t in tracker.flush()]
         self._link_and_publish(finished, stats)
+        self._release(everything=True)
         self.source.commit_done()
         self.source.close()
         return stats
@@ -357,7 +515,8 @@ class CameraWorker:
             for t in ready:
                 t.mark_embedded()
             with _timed(stats.seconds, "link"):
-                decisions = self._call(self.linker.link, observations)
+                request = f"w{self.index}-{self._life}-{next(self._requests)}"
+                decisions = self._call(self.linker.link, observations, request)
             for decision in decisions:
                 if decision.is_event:
                     events.append(decision.event(self.model_version))
@@ -376,7 +535,12 @@ class CameraWorker:
                 self._crop_vectors.pop(key, None)
             self._harvest(finished)
         with _timed(stats.seconds, "publish"):
+            # Keep polling within the group's max.poll.interval: past half of it, give up the
+            # step (nothing committed) rather than be evicted mid-step.
+            deadline = time.monotonic() + self.cfg.kafka.max_poll_interval_ms / 2000.0
             while not self._call(self.sink.publish, events, summaries):
+                if time.monotonic() > deadline:
+                    raise StageFailure("events not acknowledged by the broker in time")
                 log.warning("worker %d: events not acknowledged; retrying before commit",
                             self.index)
                 time.sleep(1.0)
@@ -453,10 +617,16 @@ class CameraWorker:
             self._ahead.frames = [f for f in self._ahead.frames if f[0] not in partitions]
             self._ahead.revoked.update(cameras)
         for camera in cameras:
-            self.trackers.pop(camera, None)
-            self._last_detected.pop(camera, None)
-            for key in [k for k in self._crop_vectors if k[0] == camera]:
-                del self._crop_vectors[key]
+            self._forget_camera(camera)
+            self._held.pop(camera, None)  # the source forgot their offsets already
+
+    def _forget_camera(self, camera: str) -> None:
+        self.trackers.pop(camera, None)
+        self._sessions.pop(camera, None)
+        self._last_detected.pop(camera, None)
+        self._last_seen.pop(camera, None)
+        for key in [k for k in self._crop_vectors if k[0] == camera]:
+            del self._crop_vectors[key]
 
     @staticmethod
     def _submit(method: Any, *args: Any) -> Any:
@@ -481,11 +651,12 @@ class CameraWorker:
 class _Batch:
     """Frames of one poll on their way through a step: ``due`` are those sent to detection."""
 
-    frames: list
-    due: list
+    frames: list  # (partition, offset, Frame)
+    due: list  # the same triples, for the frames sent to detection
     detections: Any = None  # list of Detections, or the Ray reference that will hold it
     error: Exception | None = None
     revoked: set = field(default_factory=set)  # cameras taken away meanwhile: not tracked
+    refused: set = field(default_factory=set)  # (partition, offset) dead-lettered: not done
 
 
 @contextlib.contextmanager

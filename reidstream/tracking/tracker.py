@@ -149,6 +149,11 @@ class CameraTracker:
     def live_tracks(self) -> list[TrackState]:
         return list(self._live.values())
 
+    @property
+    def last_frame(self) -> int | None:
+        """Index of the last frame taken (None before the first and after ``reset``)."""
+        return self._last_frame
+
     def update(
         self, detections: Detections, frame: np.ndarray, ts_ms: int, frame_index: int
     ) -> list[TrackedBox]:
