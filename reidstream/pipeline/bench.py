@@ -10,6 +10,8 @@
   linker's journal (``*-journal.jsonl``) and the track summaries (``*-tracks.jsonl``).
 - ``bench linker --scene DIR --journal FILE --tracks FILE [linker.key=value ...]``: the same
   scores for other linker settings, by replaying the journal (seconds, not minutes).
+- ``bench faults --scene DIR [--plan worker@20,...]``: the scene with and without actors killed
+  and the broker stopped mid-run (:mod:`reidstream.pipeline.faults`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ STEADY_AFTER_S = 5.0  # steady-state rate: frames finished from this long after 
 
 
 def add_arguments_run_bench(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", choices=["pipeline", "scene", "linker"], help="what to measure")
+    parser.add_argument("target", choices=["pipeline", "scene", "linker", "faults"],
+                        help="what to measure")
     add_config_arguments(parser)
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--fps", type=float, default=10.0, help="publishing rate per camera")
@@ -41,6 +44,10 @@ def add_arguments_run_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scene", help="scene folder from `reidstream synth` (bench scene)")
     parser.add_argument("--journal", help="linker journal from `bench scene` (bench linker)")
     parser.add_argument("--tracks", help="track summaries from `bench scene` (bench linker)")
+    parser.add_argument("--plan", default="", help="bench faults: kind@seconds,... (default: "
+                        "each of worker, detector, embedder, shard, linker, sink, broker once)")
+    parser.add_argument("--broker-down", type=float, default=20.0,
+                        help="bench faults: seconds the broker stays stopped")
     parser.add_argument("--out", default="", help="JSON results (default runs/bench/TARGET.json)")
 
 
@@ -50,7 +57,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     cfg = load_cli_config(args)
     out = Path(args.out or f"runs/bench/{args.target}.json")
-    if args.target in ("scene", "linker") and not args.scene:
+    if args.target in ("scene", "linker", "faults") and not args.scene:
         raise ValueError(f"bench {args.target} needs --scene DIR (from `reidstream synth`)")
     if args.target == "linker":
         if not (args.journal and args.tracks):
@@ -59,6 +66,11 @@ def run_bench(args: argparse.Namespace) -> int:
     ensure_ray(cfg.pipeline.ray_address)
     if args.target == "scene":
         return _write(out, _scene_run(cfg, args.scene, out))
+    if args.target == "faults":
+        from reidstream.pipeline.faults import DEFAULT_PLAN, parse_plan, run_faults
+
+        plan = parse_plan(args.plan or DEFAULT_PLAN)
+        return _write(out, run_faults(cfg, args.scene, out, plan, args.broker_down))
     video = Assets.from_config(cfg.assets).asset("vtest.avi")
     from reidstream.device import cpu_model
 
@@ -82,39 +94,20 @@ def _write(out: Path, results: Any) -> int:
 
 def _scene_run(cfg: Any, scene: str, out: Path) -> dict[str, Any]:
     """Replay the scene through a fresh broker and pipeline, then score what came out."""
-    from reidstream.ingest.broker import EmbeddedBroker
-    from reidstream.ingest.kafka_clients import ensure_topics
-    from reidstream.pipeline.runner import Pipeline
     from reidstream.pipeline.stages import model_version
-    from reidstream.scenes.replay import publish_scene
-    from reidstream.scenes.score import collect, read_topics, score_scene, write_jsonl
+    from reidstream.scenes.score import collect, score_scene, write_jsonl
     from reidstream.scenes.truth import SceneTruth, load_manifest
 
     manifest, folder = load_manifest(scene)
     truth = SceneTruth.load(folder / manifest.truth)
-    cfg.kafka.group_id = f"reidstream-scene-{uuid.uuid4().hex[:8]}"
-    cfg.pipeline.idle_stop_seconds = 8.0
     journal = Path(cfg.linker.journal or out.with_name(f"{out.stem}-journal.jsonl"))
     journal.unlink(missing_ok=True)  # the journal appends; this run's queries only
     cfg.linker.journal = str(journal.resolve())
-    with EmbeddedBroker() as broker:
-        cfg.kafka.bootstrap_servers = broker.bootstrap_servers
-        ensure_topics(cfg.kafka, partitions=max(2, cfg.pipeline.num_workers))
-        started = time.monotonic()
-        published = publish_scene(cfg.kafka, folder)
-        print(f"bench: scene {folder.name}: {published} frame records published", flush=True)
-        pipeline = Pipeline(cfg).start()
-        try:
-            stats = pipeline.run()
-        finally:
-            pipeline.shutdown()
-        topics = read_topics(cfg.kafka, [cfg.kafka.events_topic, cfg.kafka.tracks_topic], 5.0)
-    summaries, events = topics[cfg.kafka.tracks_topic], topics[cfg.kafka.events_topic]
-    tracks = write_jsonl(out.with_name(f"{out.stem}-tracks.jsonl"), summaries)
+    run = scene_pass(cfg, folder)
+    tracks = write_jsonl(out.with_name(f"{out.stem}-tracks.jsonl"), run.summaries)
     # Kept so the live result can be scored again (`reidstream score --events-file ...`).
-    write_jsonl(out.with_name(f"{out.stem}-events.jsonl"), events)
-    inputs = collect(events, summaries)
-    score = score_scene(truth, inputs)
+    write_jsonl(out.with_name(f"{out.stem}-events.jsonl"), run.events)
+    score = score_scene(truth, collect(run.events, run.summaries))
     print(score.table(), flush=True)
     print(f"bench: replay other linker settings with `reidstream bench linker --scene {scene} "
           f"--journal {journal} --tracks {tracks} linker.threshold=...`", flush=True)
@@ -122,10 +115,87 @@ def _scene_run(cfg: Any, scene: str, out: Path) -> dict[str, Any]:
         "scene": str(folder),
         "model_version": model_version(cfg),
         "linker": dataclasses.asdict(cfg.linker),
-        "frames": stats.frames,
-        "wall_seconds": round(time.monotonic() - started, 1),
+        "frames": run.stats.frames,
+        "wall_seconds": run.wall_seconds,
         "score": score.to_dict(),
     }
+
+
+@dataclasses.dataclass
+class ScenePass:
+    """What one pass of a scene through a fresh broker and pipeline produced."""
+
+    stats: Any
+    events: list[dict[str, Any]]
+    summaries: list[dict[str, Any]]
+    published: int
+    wall_seconds: float
+    uncommitted: int  # frame records past the group's committed offsets at the end
+
+
+def scene_pass(cfg: Any, folder: Path, inject: Any = None, embedded_session: bool = True,
+               ) -> ScenePass:
+    """Publish the scene's frames to a fresh embedded broker, run a fresh pipeline on them until
+    idle, and read back every event and summary. ``inject(pipeline, broker)`` runs in a thread
+    beside the pipeline (the fault bench). ``embedded_session`` False keeps the configured
+    consumer session (see ``EmbeddedBroker.client_config``)."""
+    import threading
+
+    from reidstream.ingest.broker import EmbeddedBroker
+    from reidstream.ingest.kafka_clients import ensure_topics
+    from reidstream.pipeline.runner import Pipeline
+    from reidstream.scenes.replay import publish_scene
+    from reidstream.scenes.score import read_topics
+
+    cfg.kafka.group_id = f"reidstream-scene-{uuid.uuid4().hex[:8]}"
+    cfg.pipeline.idle_stop_seconds = max(cfg.pipeline.idle_stop_seconds, 8.0)
+    with EmbeddedBroker() as broker:
+        if embedded_session:
+            cfg.kafka = broker.client_config(cfg.kafka)
+        else:
+            cfg.kafka.bootstrap_servers = broker.bootstrap_servers
+        ensure_topics(cfg.kafka, partitions=max(2, cfg.pipeline.num_workers))
+        started = time.monotonic()
+        published = publish_scene(cfg.kafka, folder)
+        print(f"bench: scene {folder.name}: {published} frame records published", flush=True)
+        pipeline = Pipeline(cfg).start()
+        injector = None
+        if inject is not None:
+            injector = threading.Thread(target=inject, args=(pipeline, broker), daemon=True)
+            injector.start()
+        try:
+            stats = pipeline.run()
+        finally:
+            pipeline.shutdown()
+        if injector is not None:
+            injector.join(timeout=60)
+        topics = read_topics(cfg.kafka, [cfg.kafka.events_topic, cfg.kafka.tracks_topic], 5.0)
+        uncommitted = _uncommitted(cfg.kafka)
+    return ScenePass(stats, topics[cfg.kafka.events_topic], topics[cfg.kafka.tracks_topic],
+                     published, round(time.monotonic() - started, 1), uncommitted)
+
+
+def _uncommitted(kafka: Any) -> int:
+    """Frame records beyond the group's committed offsets (read, not end_offsets: the embedded
+    broker reports high watermarks per batch)."""
+    from kafka import TopicPartition
+
+    from reidstream.ingest.kafka_clients import make_consumer
+
+    consumer = make_consumer(kafka, [], group_id=kafka.group_id, consumer_timeout_ms=3000)
+    try:
+        parts = consumer.partitions_for_topic(kafka.frames_topic) or set()
+        tps = [TopicPartition(kafka.frames_topic, p) for p in parts]
+        committed = {tp: consumer.committed(tp) or 0 for tp in tps}
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+        left = 0
+        for rec in consumer:
+            if rec.offset >= committed[TopicPartition(rec.topic, rec.partition)]:
+                left += 1
+        return left
+    finally:
+        consumer.close()
 
 
 def _linker_replay(cfg: Any, scene: str, journal: str, tracks: str) -> dict[str, Any]:
@@ -177,7 +247,7 @@ def pipeline_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float)
     cfg.pipeline.idle_stop_seconds = 5.0
     cfg.pipeline.run_seconds = seconds + 60.0
     with EmbeddedBroker() as broker:
-        cfg.kafka.bootstrap_servers = broker.bootstrap_servers
+        cfg.kafka = broker.client_config(cfg.kafka)
         pipeline = Pipeline(cfg).start()
         pipeline_backends = pipeline.backends
         stop = threading.Event()

@@ -33,7 +33,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
         from reidstream.ingest.broker import EmbeddedBroker
 
         with EmbeddedBroker() as broker:
-            cfg.kafka.bootstrap_servers = broker.bootstrap_servers
+            cfg.kafka = broker.client_config(cfg.kafka)
             print(f"embedded broker at {broker.bootstrap_servers}", flush=True)
             return _run_until_stopped(cfg)
     return _run_until_stopped(cfg)
@@ -115,7 +115,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cfg.pipeline.idle_stop_seconds = cfg.pipeline.idle_stop_seconds or 8.0
     cfg.pipeline.stats_interval_s = min(cfg.pipeline.stats_interval_s, 5.0)
     with EmbeddedBroker() as broker:
-        cfg.kafka.bootstrap_servers = broker.bootstrap_servers
+        cfg.kafka = broker.client_config(cfg.kafka)
         print(f"demo: broker at {broker.bootstrap_servers}; video {video.name} as cameras "
               f"{', '.join(views)}", flush=True)
         stop = threading.Event()

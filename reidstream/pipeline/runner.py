@@ -193,6 +193,7 @@ class Pipeline:
         if self.harvest is not None:
             self._actors.append(self.harvest)
         self.embedders, self.linker, self.sink, self.dim = embedders, linker, sink, dim
+        self.detectors = detectors
         ray.get([w.ready.remote() for w in self.workers])
         log.info(
             "pipeline up: %d worker(s), %d detector(s) (%s), %d embedder(s) (%s), "

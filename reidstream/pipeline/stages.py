@@ -148,6 +148,10 @@ class LinkerStage:
         self._incarnations = self.gallery.incarnations()
         log.info("linker state restored (%s): %s", why, restored)
 
+    def shards(self) -> list:
+        """The gallery's shard actors (the fault bench kills one)."""
+        return list(self.gallery.shards)
+
     def global_ids(self, keys: list[tuple[str, int]]) -> list[int | None]:
         return [self.linker.global_id_of(cam, tid) for cam, tid in keys]
 
