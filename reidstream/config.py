@@ -256,6 +256,7 @@ class PipelineConfig:
     silent_camera_s: float
     max_cameras_per_worker: int
     restart_backoff_max_s: float
+    metrics_port: int
 
 
 @dataclass

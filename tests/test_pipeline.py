@@ -272,6 +272,9 @@ def test_a_killed_worker_and_a_killed_gallery_shard_lose_nothing(pipeline_cfg, a
     cfg.linker.state_dir = str(tmp_path / "linker-state")
     cfg.linker.snapshot_interval_s = 2.0
     cfg.pipeline.idle_stop_seconds = 20  # a restarted worker rejoins after the session timeout
+    from reidstream.ingest.broker import free_port
+
+    cfg.pipeline.metrics_port = free_port()
     expected_bad = _publish_scene_with_bad_records(cfg, assets.asset("vtest.avi"))
 
     pipeline = Pipeline(cfg).start()
@@ -281,9 +284,15 @@ def test_a_killed_worker_and_a_killed_gallery_shard_lose_nothing(pipeline_cfg, a
     try:
         stats = pipeline.run()
         versions = ray.get(pipeline.linker.versions.remote())
+        scraped = _scrape(cfg.pipeline.metrics_port)
     finally:
         pipeline.shutdown()
     thread.join(timeout=30)
+    # The Prometheus endpoint tells the same story.
+    assert scraped["reidstream_frames_total"] == stats.frames
+    assert scraped['reidstream_restarts_total{kind="worker"}'] == stats.restarts["worker"]
+    assert scraped['reidstream_bad_records_total{reason="corrupt_jpeg"}'] == 1
+    assert 'reidstream_kafka_lag_frames{partition="0"}' in scraped
 
     assert [f["kind"] for f in injector.done] == ["worker", "shard"]
     assert all(f["what"].startswith("killed") for f in injector.done), injector.done
@@ -306,3 +315,16 @@ def test_a_killed_worker_and_a_killed_gallery_shard_lose_nothing(pipeline_cfg, a
     assert versions["tracks"] >= len(linked) and versions["filed"] == versions["tracks"]
     assert (tmp_path / "linker-state").is_dir()
     assert any(p.name.startswith("snap-") for p in (tmp_path / "linker-state").iterdir())
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The endpoint's samples, ``name{labels}`` -> value."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples

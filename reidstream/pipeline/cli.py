@@ -52,7 +52,7 @@ def _run_until_stopped(cfg: Any, on_started: Any = None) -> int:
     try:
         if on_started is not None:
             on_started(pipeline)
-        stats = pipeline.run(on_progress=_Progress())
+        stats = pipeline.run(on_progress=_Progress(pipeline))
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -65,8 +65,14 @@ class _Progress:
     """One line per interval. Latency is of the frames since the previous line, so a pipeline
     falling behind shows as a rising number (the whole run's figures come at the end)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipeline: Any = None) -> None:
         self.seen = 0  # latency samples already reported
+        self.pipeline = pipeline
+
+    def lag(self) -> dict[int, int]:
+        """Kafka lag per frames partition, when the metrics endpoint reads it (else empty)."""
+        reader = getattr(self.pipeline, "lag", None)
+        return reader() if reader is not None else {}
 
     def __call__(self, stats: Any) -> None:
         from reidstream.pipeline.runner import percentiles
@@ -80,6 +86,8 @@ class _Progress:
             f"[pipeline] frames={s['frames']} ({s['frames_per_s']:.1f}/s) bad={s['bad_frames']} "
             f"events={s['events']} tracks={s['tracks_finished']} "
             f"latency since last line p50={lat.get('p50', '-')}ms p95={lat.get('p95', '-')}ms"
+            + f" queue={s['in_flight']} (held {s['held_for_open_tracks']})"
+            + (f" lag={sum(stats_lag.values())}" if (stats_lag := self.lag()) else "")
             + (f" restarts={sum(s['restarts'].values())}" if s["restarts"] else ""),
             flush=True,
         )

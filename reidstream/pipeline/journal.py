@@ -14,7 +14,6 @@ little-endian, base64).
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from typing import IO, Any
 import numpy as np
 
 from reidstream.config import GalleryConfig, LinkerConfig
-from reidstream.pipeline.linker import Linker, TrackObservation
+from reidstream.pipeline.linker import Linker
+from reidstream.pipeline.observation import TrackObservation, from_record, to_record
 
 
 class LinkJournal:
@@ -48,35 +48,6 @@ class LinkJournal:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-def to_record(obs: TrackObservation, batch: int) -> dict[str, Any]:
-    vector = np.ascontiguousarray(obs.embedding, dtype="<f4").reshape(-1)
-    return {
-        "batch": batch,
-        "camera": obs.camera,
-        "track_id": int(obs.track_id),
-        "start_ms": int(obs.start_ms),
-        "end_ms": int(obs.end_ms),
-        "box": [float(v) for v in obs.box],
-        "best_crop": obs.best_crop,
-        "model_version": obs.model_version,
-        "embedding": base64.b64encode(vector.tobytes()).decode("ascii"),
-    }
-
-
-def from_record(rec: dict[str, Any]) -> TrackObservation:
-    vector = np.frombuffer(base64.b64decode(rec["embedding"]), dtype="<f4").astype(np.float32)
-    return TrackObservation(
-        camera=str(rec["camera"]),
-        track_id=int(rec["track_id"]),
-        start_ms=int(rec["start_ms"]),
-        end_ms=int(rec["end_ms"]),
-        embedding=vector,
-        box=[float(v) for v in rec["box"]],
-        best_crop=dict(rec.get("best_crop") or {}),
-        model_version=str(rec.get("model_version") or ""),
-    )
 
 
 def read_journal(path: str | Path) -> list[list[TrackObservation]]:

@@ -54,6 +54,7 @@ import numpy as np
 
 from reidstream.config import LinkerConfig
 from reidstream.ingest.wire import MATCH, RETRACT, MatchEvent
+from reidstream.pipeline.observation import TrackObservation, from_record, to_record
 
 if TYPE_CHECKING:
     from reidstream.adaptation.calibration import SiteCalibration
@@ -65,25 +66,6 @@ class Gallery(Protocol):
     def remove(self, ids: np.ndarray) -> None: ...
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-@dataclass
-class TrackObservation:
-    """What a camera worker knows about one track when it asks the linker."""
-
-    camera: str
-    track_id: int
-    start_ms: int
-    end_ms: int
-    embedding: np.ndarray
-    box: list[float]
-    best_crop: dict[str, Any] = field(default_factory=dict)
-    model_version: str = ""  # the model that made ``embedding``
-    crops: list[bytes] = field(default_factory=list, repr=False)  # JPEG, kept for a roll-out
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.camera, self.track_id)
 
 
 @dataclass(frozen=True)
@@ -301,8 +283,6 @@ class Linker:
     def export_state(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Every track's record as a row, and the counters and clocks: all a restarted linker
         needs besides the gallery's vectors (saved by the gallery itself)."""
-        from reidstream.pipeline.journal import to_record
-
         rows = []
         for (camera, track_id), r in self._tracks.items():
             rows.append({
@@ -328,8 +308,6 @@ class Linker:
 
     def import_state(self, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         """Replace this linker's state with an exported one (the gallery is loaded apart)."""
-        from reidstream.pipeline.journal import from_record
-
         self._tracks, self._by_gallery_id, self._members = {}, {}, {}
         self._link_targets = Counter()
         for row in rows:

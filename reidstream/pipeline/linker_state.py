@@ -33,8 +33,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any
 
-from reidstream.pipeline.journal import from_record, to_record
-from reidstream.pipeline.linker import LinkDecision, Linker, TrackObservation
+from reidstream.pipeline.linker import LinkDecision, Linker
+from reidstream.pipeline.observation import TrackObservation, from_record, to_record
 
 log = logging.getLogger(__name__)
 

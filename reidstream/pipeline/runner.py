@@ -57,6 +57,15 @@ class PipelineStats:
     frame_done_ms: deque[float] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
     event_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
     latency_count: int = 0  # frame latency samples ever added
+    queues: dict[int, tuple[int, int]] = field(default_factory=dict)  # worker -> (flight, held)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(q[0] for q in self.queues.values())
+
+    @property
+    def held(self) -> int:
+        return sum(q[1] for q in self.queues.values())
 
     def add(self, step: StepStats) -> None:
         self.frames += step.frames
@@ -72,6 +81,8 @@ class PipelineStats:
         self.latency_count += len(step.frame_latency_ms)
         self.frame_done_ms.extend(step.frame_done_ms)
         self.event_latency_ms.extend(step.event_latency_ms)
+        if step.worker >= 0:
+            self.queues[step.worker] = (step.in_flight, step.held)
 
     def summary(self) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -87,6 +98,8 @@ class PipelineStats:
             "event_latency_ms": percentiles(self.event_latency_ms),
             "stage_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "restarts": dict(self.restarts),
+            "in_flight": self.in_flight,
+            "held_for_open_tracks": self.held,
         }
 
 
@@ -130,6 +143,7 @@ class Pipeline:
         self.embedders: list[Any] = []
         self.backends: dict[str, str] = {}  # detection / embed: what backend auto chose
         self._stop = threading.Event()
+        self.lag: Any = None  # the metrics endpoint's lag reader, once it is up
 
     def start(self) -> Pipeline:
         import ray
@@ -210,8 +224,12 @@ class Pipeline:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
+        from reidstream.pipeline.metrics import serve_metrics
+
         pc = self.cfg.pipeline
         self.stats = PipelineStats()  # rates and idleness count from here, not from start-up
+        if self.lag is None:
+            self.lag = serve_metrics(self, pc.metrics_port)
         in_flight = {w.step.remote(): w for w in self.workers}
         waiting: dict[int, float] = {}  # failed workers (index) -> when to step them again
         failures = Counter()  # consecutive failed steps per worker (index)
@@ -370,6 +388,8 @@ class Pipeline:
                          self.cfg.harvest.dir)
         except Exception as exc:  # shutting down: report, never hang
             log.warning("pipeline shutdown was not clean: %s", exc)
+        if self.lag is not None:
+            self.lag.close()
         for actor in [*self._actors, *self.embedders]:
             ray.kill(actor)
         self._actors.clear()

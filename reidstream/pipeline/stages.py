@@ -220,6 +220,9 @@ class StepStats:
     frame_done_ms: list[float] = field(default_factory=list)  # wall clock, when committed
     event_latency_ms: list[float] = field(default_factory=list)
     bad_by_reason: dict[str, int] = field(default_factory=dict)
+    worker: int = -1  # which worker: the driver keeps each one's latest queue depth
+    in_flight: int = 0  # polled, not yet done (after the step)
+    held: int = 0  # ... of which held back for open tracks
 
     def count_bad(self, reason: str, n: int = 1) -> None:
         self.bad += n
@@ -310,6 +313,9 @@ class CameraWorker:
         self._end_silent_cameras(stats)
         with _timed(stats.seconds, "commit"):
             self.source.commit_done()
+        stats.worker = self.index
+        stats.in_flight = self.source.offsets.in_flight() if self.source.offsets else 0
+        stats.held = sum(len(h) for h in self._held.values())
         return stats
 
     def _refuse_camera(self, camera: str) -> bool:
