@@ -208,6 +208,16 @@ def test_glimpses_neither_link_nor_are_linked_to_until_they_grow() -> None:
     assert grown.is_match and (grown.matched_camera, grown.matched_track_id) == ("cam2", 5)
 
 
+def _lookalikes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """p, a look-alike q of p, and a person between them who resembles p a little more."""
+    rng = np.random.default_rng(10)
+    p = _person(rng)
+    q = p + 0.9 * _person(rng)
+    q /= np.linalg.norm(q)
+    between = 0.6 * p + 0.4 * q
+    return p, q, between / np.linalg.norm(between)
+
+
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
@@ -251,12 +261,7 @@ def test_a_track_a_weaker_match_joined_through_gives_way() -> None:
     """The wrong track came first and the right one's cam1 track linked to it: the right
     cam2 track, on screen at the same time, takes the identity, and both ends retract."""
     linker = _settings_linker(revise=True)
-    rng = np.random.default_rng(10)
-    p = _person(rng)
-    q = p + 0.9 * _person(rng)
-    q /= np.linalg.norm(q)
-    between = 0.6 * p + 0.4 * q
-    between /= np.linalg.norm(between)
+    p, q, between = _lookalikes()
 
     early = linker.link([_obs("cam2", 5, between, 0, 2000)])[0]
     p_cam1, q_cam1 = linker.link([_obs("cam1", 1, p, 3000, 5000), _obs("cam1", 2, q, 3000, 5000)])
@@ -398,12 +403,7 @@ def test_a_restarted_linker_never_reuses_a_global_id() -> None:
 
 def test_retractions_name_the_revision_of_the_match_they_withdraw() -> None:
     linker = _settings_linker(revise=True)
-    rng = np.random.default_rng(10)
-    p = _person(rng)
-    q = p + 0.9 * _person(rng)
-    q /= np.linalg.norm(q)
-    between = 0.6 * p + 0.4 * q
-    between /= np.linalg.norm(between)
+    p, q, between = _lookalikes()
     linker.link([_obs("cam1", 1, p, 0, 2000), _obs("cam1", 2, q, 0, 2000)])
     wrong = linker.link([_obs("cam2", 5, between, 3000, 6000)])[0]
     right, retraction, relink = linker.link([_obs("cam2", 6, p, 4000, 7000)])

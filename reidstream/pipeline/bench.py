@@ -12,6 +12,8 @@
   scores for other linker settings, by replaying the journal (seconds, not minutes).
 - ``bench faults --scene DIR [--plan worker@20,...]``: the scene with and without actors killed
   and the broker stopped mid-run (:mod:`reidstream.pipeline.faults`).
+- ``bench soak --cameras 8 --seconds 180``: more cameras than the machine can take; memory per
+  process, lag, events/s (:mod:`reidstream.pipeline.soak`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ STEADY_AFTER_S = 5.0  # steady-state rate: frames finished from this long after 
 
 
 def add_arguments_run_bench(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", choices=["pipeline", "scene", "linker", "faults"],
+    parser.add_argument("target", choices=["pipeline", "scene", "linker", "faults", "soak"],
                         help="what to measure")
     add_config_arguments(parser)
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
@@ -76,6 +78,14 @@ def run_bench(args: argparse.Namespace) -> int:
 
     print(f"bench: on {cpu_model()}; detection.backend={cfg.detection.backend} "
           f"embed.backend={cfg.embed.backend} detection.stride={cfg.detection.stride}", flush=True)
+    if args.target == "soak":
+        from reidstream.pipeline.soak import print_soak, soak_run
+
+        soaks = []
+        for n in args.cameras:
+            soaks.append(soak_run(copy.deepcopy(cfg), str(video), n, args.fps, args.seconds))
+            print_soak(soaks[-1])
+        return _write(out, soaks)
     results = []
     for n in args.cameras:
         print(f"bench: {n} camera(s) at {args.fps:g} fps for {args.seconds:g} s ...", flush=True)
