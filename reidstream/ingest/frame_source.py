@@ -170,6 +170,18 @@ class FrameSource:
     def assignment(self) -> set:
         return set(self._consumer.assignment()) if self._consumer is not None else set()
 
+    def caught_up(self, camera: str) -> bool:
+        """True when every record of the camera's partition known to the broker was returned:
+        a camera with no new frames then is silent, not waiting behind a backlog."""
+        tp = self._camera_tp.get(camera)
+        if tp is None or self._consumer is None:
+            return False
+        try:
+            high = self._consumer.highwater(tp)
+            return high is not None and self._consumer.position(tp, timeout_ms=0) >= high
+        except Exception:  # noqa: BLE001 - not assigned any more, or no position yet
+            return False
+
     def cameras_on(self, partitions: set) -> list[str]:
         """Cameras whose frames this source has read from ``partitions`` (e.g. just revoked)."""
         return [camera for camera, tp in self._camera_tp.items() if tp in partitions]

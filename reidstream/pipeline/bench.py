@@ -164,7 +164,11 @@ def scene_pass(cfg: Any, folder: Path, inject: Any = None, embedded_session: boo
             cfg.kafka = broker.client_config(cfg.kafka)
         else:
             cfg.kafka.bootstrap_servers = broker.bootstrap_servers
-        ensure_topics(cfg.kafka, partitions=max(2, cfg.pipeline.num_workers))
+        # As many partitions as workers, no more: the scene is published ahead of the pipeline
+        # (a backlog), and a worker reading several partitions takes each in long runs, one
+        # camera minutes ahead of the other. One partition per worker keeps its cameras in
+        # capture order, as live cameras arrive.
+        ensure_topics(cfg.kafka, partitions=max(1, cfg.pipeline.num_workers))
         started = time.monotonic()
         published = publish_scene(cfg.kafka, folder)
         print(f"bench: scene {folder.name}: {published} frame records published", flush=True)

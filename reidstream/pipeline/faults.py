@@ -1,8 +1,8 @@
 """``reidstream bench faults``: a scene replayed while parts of the system are killed.
 
 The scene goes through twice, each time on a fresh broker and pipeline: once untouched, once
-while a plan of faults is injected at set times after the pipeline starts (``--plan``; the
-default kills each kind once):
+while a plan of faults is injected at set times after the pipeline's first frame is done
+(``--plan``; the default kills each kind once):
 
 - ``worker``, ``detector``, ``embedder``, ``linker``, ``sink``, ``shard``: that actor's process
   is killed (``ray.kill``, the SIGKILL of a Ray actor) and Ray restarts it;
@@ -65,16 +65,21 @@ class Injector:
         self.done: list[dict[str, Any]] = []
 
     def __call__(self, pipeline: Any, broker: Any) -> None:
+        # The clock starts with the first frame done: a consumer group's first join can take
+        # a while, and a fault then would hit a pipeline that has not started work.
+        while not pipeline.stats.frames:
+            if pipeline._stop.wait(0.2):
+                return
         started = time.monotonic()
         for fault in self.plan:
             delay = started + fault.at_s - time.monotonic()
             if delay > 0 and pipeline._stop.wait(delay):
                 break  # the run ended first: the rest of the plan is not injected
+            at = round(time.monotonic() - started, 1)
             try:
                 what = self._inject(fault.kind, pipeline, broker)
             except Exception as exc:  # noqa: BLE001 - a fault that could not be injected
                 what = f"not injected: {exc}"
-            at = round(time.monotonic() - started, 1)
             log.warning("fault bench: %s at %.1f s: %s", fault.kind, at, what)
             self.done.append({"kind": fault.kind, "at_s": at, "what": what})
 

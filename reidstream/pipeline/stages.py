@@ -325,13 +325,15 @@ class CameraWorker:
 
     def _end_silent_cameras(self, stats: StepStats) -> None:
         """A camera that sent nothing for ``pipeline.silent_camera_s``: its open tracks end and
-        go out, and its tracker is dropped (memory stays bounded by the cameras that talk)."""
+        go out, and its tracker is dropped (memory stays bounded by the cameras that talk).
+        Only once its partition is read to the end: behind a backlog, no frame is no silence."""
         limit = self.cfg.pipeline.silent_camera_s
         if limit <= 0:
             return
         now = time.monotonic()
         ahead = {f.camera for _, _, f in self._ahead.frames} if self._ahead else set()
-        silent = [c for c, t in self._last_seen.items() if now - t > limit and c not in ahead]
+        silent = [c for c, t in self._last_seen.items()
+                  if now - t > limit and c not in ahead and self.source.caught_up(c)]
         if not silent:
             return
         finished = [t for c in silent if c in self.trackers for t in self.trackers[c].flush()]
