@@ -477,3 +477,23 @@ def test_a_restarted_linker_restores_identities_from_snapshot_and_log(tmp_path) 
     assert again.is_match and again.global_id == before[("cam1", 0)]
     new = restored.link([_obs("cam4", 2, _person(rng), 9000, 11000)])[0]
     assert new.global_id > max(before.values())
+
+
+@pytest.mark.parametrize("supersede", [True, False])
+def test_a_new_tracker_life_supersedes_the_old_lifes_open_tracks(supersede: bool) -> None:
+    """A worker restarted mid-track: the person's old track (cam1, old ids) holds the identity
+    it shares with cam2; the new life re-reads the frames and makes a new track of the same
+    person. Without supersede the two cam1 tracks overlap and the new one can never link."""
+    linker = _settings_linker(revise=True)
+    rng = np.random.default_rng(21)
+    p = _person(rng)
+    cam2 = linker.link([_obs("cam2", 7, _view(p, rng), 0, 3000)])[0]
+    old = linker.link([_obs("cam1", 5, _view(p, rng), 2000, 4000)])[0]
+    assert old.is_match and old.global_id == cam2.global_id
+    if supersede:
+        assert linker.supersede("cam1", 1000, 3500) == 1  # ids < 1000: the old life
+        assert linker.global_id_of("cam1", 5) is None
+        assert linker.global_id_of("cam2", 7) == cam2.global_id  # other cameras' stay
+    new = linker.link([_obs("cam1", 1001, _view(p, rng), 2000, 5000)])[0]
+    assert new.is_match is supersede
+    assert (new.global_id == cam2.global_id) is supersede

@@ -350,6 +350,41 @@ class Linker:
         setattr(self, name, itertools.count(value))
         return value
 
+    def supersede(self, camera: str, id_base: int, from_ms: int) -> int:
+        """A new life of ``camera``'s tracker (ids from ``id_base``) re-reads its frames from
+        ``from_ms`` on (a worker restarted, or the camera moved to another worker): tracks of
+        earlier lives still open then are being tracked again under new ids, so they leave the
+        linker. Otherwise each would stand in its own way: a person's old and new track overlap
+        in one camera, and the new one could never join the identity the old one held.
+        Returns how many tracks left. Their events stay valid history; the new tracks' events
+        follow."""
+        gone = [key for key, r in self._tracks.items()
+                if key[0] == camera and key[1] < id_base and r.end_ms >= from_ms]
+        for key in gone:
+            self._retire(key)
+        return len(gone)
+
+    def _retire(self, key: tuple[str, int]) -> None:
+        """Remove one track: its vector, its membership, and the links that name it."""
+        record = self._tracks.pop(key)
+        del self._by_gallery_id[record.gallery_id]
+        if record.filed:
+            self.gallery.remove(np.array([record.gallery_id], dtype=np.int64))
+        members = self._members.get(record.global_id, set())
+        members.discard(key)
+        if not members:
+            self._members.pop(record.global_id, None)
+        self._link_targets.pop(key, None)
+        if record.matched is not None and record.matched in self._tracks:
+            self._link_targets[record.matched] -= 1
+        for other_key in members:
+            other = self._tracks[other_key]
+            if other.matched == key:
+                other.matched, other.similarity = None, 0.0
+        for other_key in members:  # an identity left with one track: that track may link again
+            other = self._tracks[other_key]
+            other.linked = len(members) > 1
+
     def global_id_of(self, camera: str, track_id: int) -> int | None:
         record = self._tracks.get((camera, track_id))
         return record.global_id if record else None

@@ -70,6 +70,13 @@ class LinkerStore:
         self._wal.flush()
         self._remember(request_id, decisions)
 
+    def log_supersede(self, camera: str, id_base: int, from_ms: int) -> None:
+        """Append a :meth:`Linker.supersede` call: replayed in its place among the links."""
+        if self._wal is None:
+            self._wal = (self.dir / f"wal-{self.seq:06d}.jsonl").open("a", encoding="utf-8")
+        self._wal.write(json.dumps({"supersede": [camera, id_base, from_ms]}) + "\n")
+        self._wal.flush()
+
     def snapshot_due(self) -> bool:
         return time.monotonic() - self._last_snapshot >= self.snapshot_interval_s
 
@@ -130,6 +137,9 @@ class LinkerStore:
                     log.warning("%s: line %d is incomplete; the calls from it on are applied "
                                 "again when the workers retry them", wal, number)
                     break
+                if "supersede" in line:
+                    linker.supersede(*line["supersede"])
+                    continue
                 linker.link([from_record(r) for r in line["observations"]])
                 self._remember(line["request"], [_decision_from(r) for r in line["decisions"]])
                 replayed += 1

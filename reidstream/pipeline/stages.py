@@ -148,6 +148,16 @@ class LinkerStage:
         self._incarnations = self.gallery.incarnations()
         log.info("linker state restored (%s): %s", why, restored)
 
+    def supersede(self, camera: str, id_base: int, from_ms: int) -> int:
+        """See :meth:`Linker.supersede`; logged like a link call when state is kept."""
+        gone = self.linker.supersede(camera, id_base, from_ms)
+        if self.store is not None:
+            self.store.log_supersede(camera, id_base, from_ms)
+        if gone:
+            log.info("linker: %d open track(s) of camera %s from an earlier tracker life "
+                     "left (its frames from %d on are tracked again)", gone, camera, from_ms)
+        return gone
+
     def shards(self) -> list:
         """The gallery's shard actors (the fault bench kills one)."""
         return list(self.gallery.shards)
@@ -455,7 +465,7 @@ class CameraWorker:
 
     def _track(self, frame: Any, detections: Any, stats: StepStats) -> list:
         """Update the camera's tracker; returns the tracks this frame finished."""
-        tracker = self._tracker(frame.camera)
+        tracker = self._tracker(frame.camera, frame.ts_ms)
         ended = []
         if tracker.last_frame is not None and frame.frame_index <= tracker.last_frame:
             # The source accepted it, so the camera's publisher restarted its numbering: end
@@ -597,17 +607,21 @@ class CameraWorker:
         mean = np.mean([cache[c.frame_index] for c in track.crops], axis=0)
         return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
-    def _tracker(self, camera: str) -> Any:
+    def _tracker(self, camera: str, first_ts_ms: int) -> Any:
         from reidstream.adaptation.harvest import new_session
         from reidstream.ids import id_base
         from reidstream.tracking import CameraTracker
 
         if camera not in self.trackers:
             # A fresh id base: this life of the camera's tracker never reuses an earlier
-            # life's track ids (a restarted worker, a camera moved here by a rebalance).
+            # life's track ids (a restarted worker, a camera moved here by a rebalance). The
+            # earlier life's tracks still open at this frame are re-read now: they leave the
+            # linker, or each would block its own new track.
+            base = id_base()
+            self._call(self.linker.supersede, camera, base, first_ts_ms)
             self.trackers[camera] = CameraTracker(
                 self.cfg.tracking, self.cfg.pipeline.default_fps, camera=camera,
-                detect_stride=self.cfg.detection.stride, id_base=id_base(),
+                detect_stride=self.cfg.detection.stride, id_base=base,
             )
             self._sessions[camera] = new_session()
         return self.trackers[camera]
