@@ -50,6 +50,8 @@ def add_arguments_run_bench(parser: argparse.ArgumentParser) -> None:
                         "each of worker, detector, embedder, shard, linker, sink, broker once)")
     parser.add_argument("--broker-down", type=float, default=20.0,
                         help="bench faults: seconds the broker stays stopped")
+    parser.add_argument("--baseline", default="", help="bench faults: reuse the fault-free "
+                        "pass of this earlier result (same scene and settings)")
     parser.add_argument("--out", default="", help="JSON results (default runs/bench/TARGET.json)")
 
 
@@ -72,7 +74,8 @@ def run_bench(args: argparse.Namespace) -> int:
         from reidstream.pipeline.faults import DEFAULT_PLAN, parse_plan, run_faults
 
         plan = parse_plan(args.plan or DEFAULT_PLAN)
-        return _write(out, run_faults(cfg, args.scene, out, plan, args.broker_down))
+        return _write(out, run_faults(cfg, args.scene, out, plan, args.broker_down,
+                                      args.baseline))
     video = Assets.from_config(cfg.assets).asset("vtest.avi")
     from reidstream.device import cpu_model
 

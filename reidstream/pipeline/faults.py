@@ -106,8 +106,11 @@ class Injector:
 
 
 def run_faults(cfg: Any, scene: str, out: Path, plan: list[Fault], broker_down_s: float,
-               ) -> dict[str, Any]:
-    """Both passes of the scene and their comparison (see the module docstring)."""
+               baseline: str = "") -> dict[str, Any]:
+    """Both passes of the scene and their comparison (see the module docstring).
+
+    ``baseline``: an earlier result of this bench on the same scene and settings whose
+    fault-free pass is reused (that pass is repeatable to the link: BENCHMARKS.md)."""
     import copy
 
     from reidstream.pipeline.bench import scene_pass
@@ -117,7 +120,14 @@ def run_faults(cfg: Any, scene: str, out: Path, plan: list[Fault], broker_down_s
     manifest, folder = load_manifest(scene)
     truth = SceneTruth.load(folder / manifest.truth)
     passes = {}
+    if baseline:
+        earlier = json.loads(Path(baseline).read_text())
+        if Path(earlier["scene"]).resolve() != folder.resolve():
+            raise ValueError(f"--baseline {baseline} is of scene {earlier['scene']}, not {folder}")
+        passes["fault-free"] = earlier["fault-free"]
     for name, faults in (("fault-free", []), ("faults", plan)):
+        if name in passes:
+            continue
         run_cfg = copy.deepcopy(cfg)
         # Down time must not read as the end of the scene.
         run_cfg.pipeline.idle_stop_seconds = max(cfg.pipeline.idle_stop_seconds,

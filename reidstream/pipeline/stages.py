@@ -146,6 +146,9 @@ class LinkerStage:
         fresh.skip_ids_to(id_base())  # ids after the restore are new, whatever replay decided
         self.linker = fresh
         self._incarnations = self.gallery.incarnations()
+        # A snapshot at once: a later restore must not replay this log again without the id
+        # skip above (it would hand the tracks linked from now on other ids than it did).
+        self.store.snapshot(self.linker, self.gallery)
         log.info("linker state restored (%s): %s", why, restored)
 
     def supersede(self, camera: str, id_base: int, from_ms: int) -> int:
