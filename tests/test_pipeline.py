@@ -412,3 +412,67 @@ def _silent_and_too_many(cfg, worker, video: str) -> None:
     assert any(s.camera == "cam2" for s in summaries)
     letters = _read_all(cfg, cfg.kafka.dead_letter_topic)
     assert len(letters) == 3
+
+
+@pytest.mark.slow
+def test_a_frame_the_detector_fails_on_alone_is_dead_lettered_and_the_rest_go_on(
+    pipeline_cfg, assets
+):
+    """The real detector, wrapped so that it fails on one kind of frame (an injected fault, as
+    a frame that crashes a model would): the batch holding it fails, each frame is tried
+    alone, that frame is refused and dead-lettered, every other frame is tracked."""
+    import numpy as np
+
+    from reidstream.ingest.kafka_clients import ensure_topics
+    from reidstream.ingest.producer import OutRecord, SafeProducer
+    from reidstream.ingest.publisher import publish, view_left
+    from reidstream.ingest.wire import encode_frame, jpeg_encode
+    from reidstream.pipeline.stages import (
+        CameraWorker,
+        DetectorStage,
+        EmbedderStage,
+        EventSink,
+        LinkerStage,
+    )
+
+    class FailsOnBlack(DetectorStage):
+        def detect(self, frames):
+            if any(float(f.mean()) < 1.0 for f in frames):
+                raise RuntimeError("injected: this frame breaks the model")
+            return super().detect(frames)
+
+    cfg = pipeline_cfg
+    cfg.pipeline.detect_ahead = False
+    ensure_topics(cfg.kafka, partitions=1)
+    video = str(assets.asset("vtest.avi"))
+    publish(cfg.kafka, video, {"cam1": view_left}, fps=0, max_frames=6)
+    black = jpeg_encode(np.zeros((288, 384, 3), np.uint8))
+
+    def now_ms() -> int:
+        import time
+
+        return int(time.time() * 1000)
+
+    with SafeProducer(cfg.kafka) as producer:
+        assert producer.deliver([OutRecord(cfg.kafka.frames_topic,
+                                           *encode_frame("cam1", black, now_ms(), 6))])
+    publish(cfg.kafka, video, {"cam1": view_left}, fps=0, max_frames=4)  # a restart: 0..3
+    embedder = EmbedderStage(cfg)
+    linker = LinkerStage(cfg, embedder.feature_dim())
+    worker = CameraWorker(cfg, 0, FailsOnBlack(cfg), embedder, linker, EventSink(cfg))
+    try:
+        import time
+
+        steps, deadline = [], time.monotonic() + 90
+        while time.monotonic() < deadline and sum(
+            s.frames + s.bad for s in steps
+        ) < 11:  # the group's first join takes a few seconds
+            steps.append(worker.step())
+        worker.finish()
+    finally:
+        linker.gallery.shutdown()
+    reasons = [s.bad_by_reason for s in steps if s.bad_by_reason]
+    assert sum(s.bad_by_reason.get("detection_error", 0) for s in steps) == 1, reasons
+    assert sum(s.frames for s in steps) == 10  # the other ten
+    letters = _read_all(cfg, cfg.kafka.dead_letter_topic)
+    assert len(letters) == 1
