@@ -251,15 +251,10 @@ def pipeline_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float)
     """One ``bench pipeline`` row: a fresh broker and pipeline, ``cameras`` views of ``video``
     published at ``fps`` for ``seconds``; also what ``bench/speed_check.py`` measures."""
     from reidstream.ingest.broker import EmbeddedBroker
-    from reidstream.ingest.publisher import crop_view, publish
+    from reidstream.ingest.publisher import publish
     from reidstream.pipeline.runner import Pipeline
 
-    # Cameras are different crops of the video, so each has its own people and tracker load.
-    width = 0.6
-    step = (1 - width) / max(cameras - 1, 1)
-    views = {
-        f"cam{i + 1}": crop_view(i * step, 0.0, i * step + width, 1.0) for i in range(cameras)
-    }
+    views = camera_views(cameras)
     cfg.kafka.group_id = f"reidstream-bench-{uuid.uuid4().hex[:8]}"
     cfg.pipeline.idle_stop_seconds = 5.0
     cfg.pipeline.run_seconds = seconds + 60.0
@@ -324,6 +319,17 @@ def pipeline_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float)
         "stage_seconds": summary["stage_seconds"],
         "wall_seconds": round(wall, 1),
     }
+
+
+def camera_views(cameras: int) -> dict[str, Any]:
+    """``cameras`` views of the bundled video: different crops, so each camera has its own
+    people and tracker load (``bench pipeline``, ``bench soak``)."""
+    from reidstream.ingest.publisher import crop_view
+
+    width = 0.6
+    step = (1 - width) / max(cameras - 1, 1)
+    return {f"cam{i + 1}": crop_view(i * step, 0.0, i * step + width, 1.0)
+            for i in range(cameras)}
 
 
 def _cpu_busy_total() -> tuple[int, int] | None:

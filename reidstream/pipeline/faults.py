@@ -68,12 +68,12 @@ class Injector:
         # The clock starts with the first frame done: a consumer group's first join can take
         # a while, and a fault then would hit a pipeline that has not started work.
         while not pipeline.stats.frames:
-            if pipeline._stop.wait(0.2):
+            if pipeline.wait_stopped(0.2):
                 return
         started = time.monotonic()
         for fault in self.plan:
             delay = started + fault.at_s - time.monotonic()
-            if delay > 0 and pipeline._stop.wait(delay):
+            if delay > 0 and pipeline.wait_stopped(delay):
                 break  # the run ended first: the rest of the plan is not injected
             at = round(time.monotonic() - started, 1)
             try:

@@ -381,9 +381,7 @@ class Linker:
             other = self._tracks[other_key]
             if other.matched == key:
                 other.matched, other.similarity = None, 0.0
-        for other_key in members:  # an identity left with one track: that track may link again
-            other = self._tracks[other_key]
-            other.linked = len(members) > 1
+            other.linked = len(members) > 1  # left alone in its identity: it may link again
 
     def global_id_of(self, camera: str, track_id: int) -> int | None:
         record = self._tracks.get((camera, track_id))

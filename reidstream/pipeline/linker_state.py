@@ -8,7 +8,7 @@ With ``linker.state_dir`` set, the linker stage keeps there
   gallery manifest). A snapshot directory appears by an atomic rename, so it is whole or absent.
 - ``wal-NNNNNN.jsonl``: every link call answered since snapshot NNNNNN, appended after the
   call was applied and before it is answered: the request id, the observations (embeddings
-  included) and the decisions given.
+  included) and the decisions given; and every ``supersede`` (a new tracker life), in order.
 
 A linker that starts (first start, or after Ray restarted it) and a linker that finds a gallery
 shard restarted (empty) both :meth:`LinkerStore.restore`: load the newest snapshot into the
@@ -59,22 +59,21 @@ class LinkerStore:
     def log(self, request_id: str, observations: list[TrackObservation],
             decisions: list[LinkDecision]) -> None:
         """Append an applied call (before its answer leaves the linker)."""
-        if self._wal is None:
-            self._wal = (self.dir / f"wal-{self.seq:06d}.jsonl").open("a", encoding="utf-8")
-        line = {
+        self._append({
             "request": request_id,
             "observations": [to_record(o, 0) for o in observations],
             "decisions": [_decision_record(d) for d in decisions],
-        }
-        self._wal.write(json.dumps(line) + "\n")
-        self._wal.flush()
+        })
         self._remember(request_id, decisions)
 
     def log_supersede(self, camera: str, id_base: int, from_ms: int) -> None:
         """Append a :meth:`Linker.supersede` call: replayed in its place among the links."""
+        self._append({"supersede": [camera, id_base, from_ms]})
+
+    def _append(self, line: dict[str, Any]) -> None:
         if self._wal is None:
             self._wal = (self.dir / f"wal-{self.seq:06d}.jsonl").open("a", encoding="utf-8")
-        self._wal.write(json.dumps({"supersede": [camera, id_base, from_ms]}) + "\n")
+        self._wal.write(json.dumps(line) + "\n")
         self._wal.flush()
 
     def snapshot_due(self) -> bool:
@@ -95,9 +94,7 @@ class LinkerStore:
         gallery.save(tmp / "gallery")
         final = self.dir / f"snap-{seq:06d}"
         tmp.rename(final)
-        if self._wal is not None:
-            self._wal.close()
-            self._wal = None
+        self.close()
         self.seq = seq
         self._last_snapshot = time.monotonic()
         for old in self.dir.iterdir():
@@ -115,9 +112,7 @@ class LinkerStore:
         """
         import pyarrow.parquet as pq
 
-        if self._wal is not None:
-            self._wal.close()
-            self._wal = None
+        self.close()
         seq = self._latest_snapshot()
         tracks = 0
         if seq is not None:
@@ -158,6 +153,7 @@ class LinkerStore:
             self.answers.popitem(last=False)
 
     def close(self) -> None:
+        """Close the log file (the next append or a restore opens the right one)."""
         if self._wal is not None:
             self._wal.close()
             self._wal = None

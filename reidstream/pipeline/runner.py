@@ -219,6 +219,10 @@ class Pipeline:
     def stop(self) -> None:
         self._stop.set()
 
+    def wait_stopped(self, timeout_s: float) -> bool:
+        """True once the run was told to stop (or decided to), else after ``timeout_s``."""
+        return self._stop.wait(timeout_s)
+
     def run(self, on_progress: Callable[[PipelineStats], None] | None = None) -> PipelineStats:
         """Drive the workers until stopped, out of time, or idle (per the pipeline config)."""
         import ray

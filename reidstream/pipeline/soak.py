@@ -38,14 +38,12 @@ def _rss_by_kind() -> dict[str, int]:
 
 def soak_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float) -> dict[str, Any]:
     from reidstream.ingest.broker import EmbeddedBroker
-    from reidstream.ingest.publisher import crop_view, publish
+    from reidstream.ingest.publisher import publish
+    from reidstream.pipeline.bench import camera_views
     from reidstream.pipeline.metrics import ConsumerLag
     from reidstream.pipeline.runner import Pipeline
 
-    width = 0.6
-    step = (1 - width) / max(cameras - 1, 1)
-    views = {f"cam{i + 1}": crop_view(i * step, 0.0, i * step + width, 1.0)
-             for i in range(cameras)}
+    views = camera_views(cameras)
     cfg.kafka.group_id = f"reidstream-soak-{uuid.uuid4().hex[:8]}"
     cfg.pipeline.run_seconds = seconds
     cfg.pipeline.idle_stop_seconds = 0

@@ -265,6 +265,7 @@ class CameraWorker:
         sink: Any,
         harvest: Any = None,
     ) -> None:
+        from reidstream.ids import id_base
         from reidstream.ingest.frame_source import FrameSource
 
         _limit_threads(cfg.pipeline.torch_threads)
@@ -282,8 +283,6 @@ class CameraWorker:
         # Frames processed but not yet done, per camera, oldest first: (index, ts, tp, offset).
         self._held: dict[str, deque[tuple[int, int, Any, int]]] = {}
         self._last_seen: dict[str, float] = {}  # camera -> monotonic time of its last frame
-        from reidstream.ids import id_base
-
         self._requests = itertools.count()  # link calls, named for the linker's retry check
         self._life = id_base()
         self.model_version = model_version(cfg)
@@ -355,8 +354,7 @@ class CameraWorker:
             log.info("worker %d: camera %s silent for %.0f s; its tracks ended", self.index,
                      camera, limit)
             self._forget_camera(camera)
-            for _, _, tp, offset in self._held.pop(camera, ()):
-                self.source.done(tp, offset)
+        self._release()  # a camera without a tracker holds nothing back
 
     def _start_detection(self, frames: list) -> _Batch:
         """Pick the frames due for detection (``detection.stride``) and send them off."""
@@ -378,28 +376,26 @@ class CameraWorker:
         tracks, not their tails. A stage failure raises :class:`StageFailure` before anything
         of the batch is done.
         """
+        batch = batch or _Batch([], [])  # detect_ahead's first step: nothing polled before
         finished: list = []
-        frames = batch.frames if batch is not None else []
         detections: dict[tuple[Any, int], Any] = {}
-        if batch is not None and batch.due:
+        if batch.due:
             with _timed(stats.seconds, "detect"):
                 detections = self._detections(batch, stats)
         with _timed(stats.seconds, "track"):
-            for tp, offset, frame in frames:
-                if frame.camera in (batch.revoked if batch else ()) or (tp, offset) in (
-                    batch.refused if batch else ()
-                ):
+            for tp, offset, frame in batch.frames:
+                if frame.camera in batch.revoked or (tp, offset) in batch.refused:
                     continue
                 self._held.setdefault(frame.camera, deque()).append(
                     (frame.frame_index, frame.ts_ms, tp, offset)
                 )
                 if (tp, offset) in detections:
                     finished += self._track(frame, detections[(tp, offset)], stats)
-        stats.frames = len(frames) - (len(batch.refused) if batch else 0)
+        stats.frames = len(batch.frames) - len(batch.refused)
         self._link_and_publish(finished, stats)
         self._release()
         done = _now_ms()
-        for _, _, frame in frames:
+        for _, _, frame in batch.frames:
             lat = _latency_ms(frame.ts_ms)
             if lat is not None:
                 stats.frame_latency_ms.append(lat)
