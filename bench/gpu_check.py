@@ -7,9 +7,9 @@ keeps the earlier figures): the GPU and runtimes seen; the detector on CUDA fp16
 through every installed CUDA runtime (ONNX Runtime CUDA / TensorRT), ms per frame at batch
 1 and 8, boxes against fp32; the embedder's crops/s at batch 64 in fp16 (FastReID's FastRT
 anchor: ~1,050 crops/s fp16 ResNet-50 on a 2080 Ti) and its cosine to fp32; FAISS on the GPU
-(which wheel, whether it has kernels for this GPU: ``faiss-gpu-cu12`` has none for sm_90);
-then ``bench pipeline`` with many cameras. Nothing here runs without CUDA: it says so and
-exits 2.
+(which wheel, whether it has kernels for this GPU: ``faiss-gpu-cu12`` has none for sm_90,
+the ``[gpu]`` extra's ``faiss-gpu`` 1.15 has); then ``bench pipeline`` with many cameras.
+Nothing here runs without CUDA: it says so and exits 2.
 """
 
 from __future__ import annotations

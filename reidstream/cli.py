@@ -12,7 +12,9 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
+from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")
@@ -22,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("reidstream.pipeline.cli", "run_pipeline", "run the streaming pipeline on Ray"),
     "rollout": ("reidstream.pipeline.cli", "run_rollout",
                 "roll a new embedder out to a running pipeline"),
+    "deploy": ("reidstream.deploy.cli", "run_deploy",
+               "the pipeline on a Ray cluster: up, status, scale, rollout, stop"),
     "bench": ("reidstream.pipeline.bench", "run_bench", "measure the pipeline end to end"),
     "eval": ("reidstream.evaluation.cli", "run_eval", "evaluate a re-id model on a dataset"),
     "config": ("reidstream.cli", "show_config", "print the merged configuration as YAML"),
@@ -38,7 +42,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                   "calibrate a checkpoint for a site from its harvest"),
     "export": ("reidstream.inference.cli", "run_export",
                "export the detector and embedder to ONNX, check them in every runtime"),
+    "doctor": ("reidstream.doctor", "run_doctor",
+               "what this node has (GPU, FAISS, runtimes, Ray, broker, assets) and its roles"),
 }
+
+# Config keys whose value is a secret (``*_env`` / ``*_file`` keys only name where one is).
+SECRET_KEY = re.compile(r"(password|passwd|passphrase|secret|token|api_?key|credentials?)$", re.I)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,8 +77,30 @@ def load_cli_config(args: argparse.Namespace):
 def show_config(args: argparse.Namespace) -> int:
     import yaml
 
-    print(yaml.safe_dump(load_cli_config(args).to_dict(), sort_keys=False), end="")
+    tree = redact_secrets(load_cli_config(args).to_dict())
+    print(_mask(yaml.safe_dump(tree, sort_keys=False)), end="")
     return 0
+
+
+def redact_secrets(tree: Any) -> Any:
+    """``tree`` with ``***`` for any non-empty value under a secret-looking key: the config
+    refuses secrets, but a printed config is pasted into tickets, so it never shows one."""
+    if isinstance(tree, dict):
+        return {
+            k: "***" if v and isinstance(k, str) and SECRET_KEY.search(k) and
+            not isinstance(v, dict) else redact_secrets(v)
+            for k, v in tree.items()
+        }
+    if isinstance(tree, list):
+        return [redact_secrets(v) for v in tree]
+    return tree
+
+
+def _mask(text: str) -> str:
+    """Any secret this process has read masked in ``text``."""
+    from reidstream.ingest.secrets import mask_secrets
+
+    return mask_secrets(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"reidstream {args.command}: error: {exc}", file=sys.stderr)
+        print(_mask(f"reidstream {args.command}: error: {exc}"), file=sys.stderr)
         return 2
 
 

@@ -133,7 +133,11 @@ class KafkaConfig:
     security_protocol: str
     sasl_mechanism: str
     sasl_username: str
-    sasl_password: str
+    sasl_password: str  # must stay empty: secrets come from the *_env / *_file keys below
+    sasl_password_env: str
+    sasl_password_file: str
+    sasl_oauth_token_env: str
+    sasl_oauth_token_file: str
     ssl_cafile: str
     session_timeout_ms: int
     max_poll_interval_ms: int
@@ -141,6 +145,8 @@ class KafkaConfig:
     max_message_bytes: int
     ssl_certfile: str
     ssl_keyfile: str
+    ssl_password_env: str
+    ssl_password_file: str
     cameras: list[str]
     partitions: int
     auto_offset_reset: str
@@ -157,6 +163,19 @@ class KafkaConfig:
     max_ts_jump_ms: int
     ts_confirm_frames: int
     dead_letter_topic: str
+
+    def __post_init__(self) -> None:
+        # A config value ends up in argv (visible to every user in `ps`), in files that get
+        # committed or uploaded with Ray jobs, and in every actor's pickled arguments.
+        if self.sasl_password:
+            raise ConfigError(
+                "kafka.sasl_password: a password in a config file or a command-line override "
+                "is refused (command lines show in `ps` and shell history; config files get "
+                "committed and uploaded with Ray jobs). Put it in the environment variable "
+                "named by kafka.sasl_password_env (default REIDSTREAM_KAFKA_SASL_PASSWORD) or "
+                "in a file named by kafka.sasl_password_file (docs/secrets.md). If it was typed "
+                "on a command line, consider it exposed and rotate it."
+            )
 
 
 @dataclass
@@ -248,6 +267,12 @@ class PipelineConfig:
     detector_num_cpus: float
     embedder_num_cpus: float
     worker_num_cpus: float
+    detector_num_gpus: float
+    embedder_num_gpus: float
+    detector_resources: dict[str, float]
+    embedder_resources: dict[str, float]
+    worker_resources: dict[str, float]
+    control_resources: dict[str, float]
     model_version: str
     run_seconds: float
     idle_stop_seconds: float
@@ -387,6 +412,7 @@ class GalleryConfig:
     use_gpu: bool | str
     actor_num_cpus: float
     actor_num_gpus: float
+    actor_resources: dict[str, float]
     threads: int
     max_vectors_per_shard: int
     norm_tolerance: float

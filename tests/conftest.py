@@ -53,6 +53,7 @@ def ray_local():
     started = not ray.is_initialized()
     if started:
         ray.init(
+            address="local",  # never a cluster someone else started on this machine
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=True,

@@ -365,3 +365,37 @@ def ray_get_ids(shard) -> list[int]:
     import ray
 
     return ray.get(shard.ids.remote()).tolist()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_entries_and_copy_to_another_shard_count(kind, ray_local):
+    """A scale of the gallery: every live entry lands in a gallery of another shard count,
+    on the shard its identity hashes to there, with its vector and metadata; removed ones
+    (tombstones inside the index) do not come back."""
+    from reidstream.gallery import ShardedGallery, shard_of
+
+    shard, ids, vecs = filled(kind, n=800)  # IVF trains at 16 x 39 = 624 vectors
+    shard.remove(ids[:30])
+    got_ids, got_vecs, meta = shard.entries()
+    assert sorted(got_ids.tolist()) == ids[30:].tolist()
+    order = np.argsort(got_ids)
+    np.testing.assert_allclose(got_vecs[order], vecs[30:], atol=1e-6)
+    assert [m["track_id"] for m in meta] == got_ids.tolist()
+
+    vecs, gid = clustered(300, seed=51)
+    ids = np.arange(300, dtype=np.int64)
+    two = ShardedGallery.create(make_cfg(kind, num_shards=2), DIM)
+    three = ShardedGallery.create(make_cfg(kind, num_shards=3), DIM)
+    try:
+        two.add(ids, vecs, records(ids, gid))
+        two.remove(ids[:10])
+        assert two.copy_to(three) == 290 and three.size() == 290
+        expected = shard_of(gid.tolist(), 3)
+        held = [set(ray_get_ids(s)) for s in three.shards]
+        for s in range(3):
+            assert held[s] == set(ids[10:][expected[10:] == s].tolist())
+        np.testing.assert_array_equal(three.search(vecs[10:40], 1)[1][:, 0], ids[10:40])
+        assert three.metadata([42]) == two.metadata([42])
+    finally:
+        two.shutdown()
+        three.shutdown()

@@ -77,15 +77,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 # ---- configuration and the broker itself ------------------------------------------------------
 
 
-def test_client_kwargs_pass_security_settings_through():
+def test_client_kwargs_pass_security_settings_through(tmp_path, monkeypatch):
+    monkeypatch.setenv("REIDSTREAM_KAFKA_SASL_PASSWORD", "secret")  # never in the config
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
     cfg = dataclasses.replace(
         load_config().kafka,
         bootstrap_servers="k1:9093, k2:9093",
         security_protocol="sasl_ssl",
         sasl_mechanism="SCRAM-SHA-512",
         sasl_username="reid",
-        sasl_password="secret",
-        ssl_cafile="/etc/ca.pem",
+        ssl_cafile=str(ca),
     )
     kw = kafka_client_kwargs(cfg)
     assert kw["bootstrap_servers"] == ["k1:9093", "k2:9093"]
@@ -95,7 +97,7 @@ def test_client_kwargs_pass_security_settings_through():
         "reid",
         "secret",
     )
-    assert kw["ssl_cafile"] == "/etc/ca.pem" and "ssl_certfile" not in kw
+    assert kw["ssl_cafile"] == str(ca) and "ssl_certfile" not in kw
     plain = kafka_client_kwargs(load_config().kafka)
     assert "sasl_mechanism" not in plain and plain["security_protocol"] == "PLAINTEXT"
     with pytest.raises(ConfigError, match="SASL_PLAINTEXT or SASL_SSL"):

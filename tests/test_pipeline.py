@@ -243,15 +243,27 @@ def time_now() -> float:
 def test_actors_that_cannot_all_start_are_refused_up_front():
     """Ray would leave an actor whose CPUs are not free pending for ever: a hang, not an
     error. The defaults fit a 2-CPU machine with room for a roll-out's second embedder."""
-    from reidstream.pipeline.runner import check_cpu_budget
+    from reidstream.pipeline.runner import check_placement
 
     cfg = load_config()
-    check_cpu_budget(cfg, 2.0)
+    check_placement(cfg, {"CPU": 2.0})
     cfg.pipeline.num_workers, cfg.pipeline.num_detectors = 2, 2
-    with pytest.raises(ValueError, match=r"ask for 2\.5 CPUs .* has 2"):
-        check_cpu_budget(cfg, 2.0)
+    with pytest.raises(ValueError, match=r"ask for 2\.5 CPU .* has 2"):
+        check_placement(cfg, {"CPU": 2.0})
     cfg.pipeline.detector_num_cpus = 0.25
-    check_cpu_budget(cfg, 2.0)
+    check_placement(cfg, {"CPU": 2.0})
+    # GPUs and custom resources (placement on node types) are checked the same way.
+    cfg.pipeline.embedder_num_gpus = 0.5
+    with pytest.raises(ValueError, match=r"ask for 1 GPU \(embedders .* has 0"):
+        check_placement(cfg, {"CPU": 2.0})
+    check_placement(cfg, {"CPU": 2.0, "GPU": 1.0})
+    cfg.pipeline.detector_resources = {"gpu_node": 0.01}
+    with pytest.raises(ValueError, match=r"gpu_node .* has 0: .* add nodes that offer gpu_node"):
+        check_placement(cfg, {"CPU": 2.0, "GPU": 1.0})
+    check_placement(cfg, {"CPU": 2.0, "GPU": 1.0, "gpu_node": 1.0})
+    cfg.pipeline.worker_resources = {"cpu_node": -1}
+    with pytest.raises(ValueError, match=r"worker_resources.cpu_node: expected a positive"):
+        check_placement(cfg, {"CPU": 2.0, "GPU": 1.0, "gpu_node": 1.0, "cpu_node": 1.0})
 
 
 @pytest.mark.slow

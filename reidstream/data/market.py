@@ -1,7 +1,8 @@
 """Person re-id datasets in the Market-1501 folder layout, and several of them combined.
 
 A Market-1501 style dataset is a folder with one sub-folder per split (``bounding_box_train``,
-``query``, ``bounding_box_test``) whose image names carry the labels:
+``query``, ``bounding_box_test``; a split a job does not use may be absent) whose image names
+carry the labels:
 ``PPPP_cCsS_FFFFFF_NN.jpg`` (person id, camera, sequence, frame). Person id -1 marks junk
 boxes (never used) and 0 marks distractors (kept in the gallery, where they are negatives
 for every query, but not trained on since they are not one identity).
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -101,14 +102,51 @@ def read_market_folder(
     return records
 
 
+class MissingSplit(Sequence[ImageRecord]):
+    """Stands in for a split folder the dataset does not have.
+
+    Jobs use different splits (evaluating: query and gallery; a target to adapt to: train), so
+    a missing folder only fails when its split is used, and the error then says which.
+    """
+
+    def __init__(self, folder: Path, split: str, key: str) -> None:
+        self.folder, self.split, self.key = folder, split, key
+
+    def error(self) -> FileNotFoundError:
+        return FileNotFoundError(
+            f"dataset split folder not found: {self.folder} (the {self.split} split, "
+            f"data.{self.key}={self.folder.name}), and this job needs it"
+        )
+
+    def __len__(self) -> int:
+        raise self.error()
+
+    def __getitem__(self, index):  # type: ignore[override]
+        raise self.error()
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        raise self.error()
+
+    def __repr__(self) -> str:
+        return f"MissingSplit({str(self.folder)!r})"
+
+
+def present(split: Sequence[ImageRecord]) -> Sequence[ImageRecord]:
+    """The split's records, or none for a :class:`MissingSplit` (for figures over every split)."""
+    return () if isinstance(split, MissingSplit) else split
+
+
 @dataclass
 class ReIDDataset:
-    """Train/query/gallery splits of one dataset (or several combined for training)."""
+    """Train/query/gallery splits of one dataset (or several combined for training).
+
+    A split whose folder is absent is a :class:`MissingSplit`, which raises when used.
+    """
 
     name: str
-    train: list[ImageRecord]
-    query: list[ImageRecord]
-    gallery: list[ImageRecord]
+    train: Sequence[ImageRecord]
+    query: Sequence[ImageRecord]
+    gallery: Sequence[ImageRecord]
     domain_names: list[str] = field(default_factory=list)
 
     @property
@@ -117,15 +155,18 @@ class ReIDDataset:
 
     @property
     def num_cameras(self) -> int:
-        """Size of a camera table covering every split (camera ids are 0-based)."""
-        return 1 + max((r.camid for r in (*self.train, *self.query, *self.gallery)), default=-1)
+        """Size of a camera table covering every split there is (camera ids are 0-based)."""
+        splits = (self.train, self.query, self.gallery)
+        return 1 + max((r.camid for split in splits for r in present(split)), default=-1)
 
     @property
     def num_domains(self) -> int:
         return max(1, len(self.domain_names))
 
     def summary(self) -> str:
-        def line(split: str, recs: list[ImageRecord]) -> str:
+        def line(split: str, recs: Sequence[ImageRecord]) -> str:
+            if isinstance(recs, MissingSplit):
+                return f"  {split:<8} (no {recs.folder.name} folder)"
             cams = len({r.camid for r in recs})
             return f"  {split:<8} {len({r.pid for r in recs}):>6} {len(recs):>8} {cams:>7}"
 
@@ -146,15 +187,26 @@ DATASETS: Registry[DatasetBuilder] = Registry("dataset layout")
 
 @DATASETS.register("market1501")
 def build_market1501(root: Path, cfg: DataConfig, name: str | None = None) -> ReIDDataset:
-    """A Market-1501 layout folder; CUHK03 (labeled/detected) in ../shared/data is one too."""
+    """A Market-1501 layout folder; CUHK03 (labeled/detected) in ../shared/data is one too.
+
+    Absent split folders become :class:`MissingSplit` (an error when used), so an evaluation
+    set needs no train folder; a folder with none of the three is not this layout at all.
+    """
     root = Path(root)
-    return ReIDDataset(
-        name=name or root.name,
-        train=read_market_folder(root / cfg.train_split, relabel=True),
-        query=read_market_folder(root / cfg.query_split),
-        gallery=read_market_folder(root / cfg.gallery_split),
-        domain_names=[name or root.name],
-    )
+    keys = {"train": "train_split", "query": "query_split", "gallery": "gallery_split"}
+    folders = {split: root / getattr(cfg, key) for split, key in keys.items()}
+    if not any(folder.is_dir() for folder in folders.values()):
+        raise FileNotFoundError(
+            f"{root}: no Market-1501 split folder "
+            f"({', '.join(folder.name for folder in folders.values())}) in it"
+        )
+    splits: dict[str, Sequence[ImageRecord]] = {
+        split: read_market_folder(folder, relabel=split == "train")
+        if folder.is_dir()
+        else MissingSplit(folder, split, keys[split])
+        for split, folder in folders.items()
+    }
+    return ReIDDataset(name=name or root.name, **splits, domain_names=[name or root.name])
 
 
 def split_dataset_names(name_or_path: str | Sequence[str]) -> list[str]:
@@ -191,19 +243,26 @@ def combine_datasets(datasets: Sequence[ReIDDataset], name: str | None = None) -
     pid_offset = eval_pid_offset = cam_offset = domain_offset = 0
     for ds in datasets:
         offsets = (cam_offset, domain_offset)
-        train += [_shift(r, pid_offset, *offsets, eval_split=False) for r in ds.train]
-        query += [_shift(r, eval_pid_offset, *offsets, eval_split=True) for r in ds.query]
-        gallery += [_shift(r, eval_pid_offset, *offsets, eval_split=True) for r in ds.gallery]
-        pid_offset += 1 + max((r.pid for r in ds.train), default=-1)
-        eval_pid_offset += max((r.pid for r in (*ds.query, *ds.gallery)), default=0)
+        ds_train, ds_query, ds_gallery = present(ds.train), present(ds.query), present(ds.gallery)
+        train += [_shift(r, pid_offset, *offsets, eval_split=False) for r in ds_train]
+        query += [_shift(r, eval_pid_offset, *offsets, eval_split=True) for r in ds_query]
+        gallery += [_shift(r, eval_pid_offset, *offsets, eval_split=True) for r in ds_gallery]
+        pid_offset += 1 + max((r.pid for r in ds_train), default=-1)
+        eval_pid_offset += max((r.pid for r in (*ds_query, *ds_gallery)), default=0)
         cam_offset += ds.num_cameras
         domain_offset += ds.num_domains
         domain_names += ds.domain_names or [ds.name]
+
+    def combined(split: str, records: list[ImageRecord]) -> Sequence[ImageRecord]:
+        """A split one source lacks is missing from the union too (its first gap says where)."""
+        gaps = [getattr(ds, split) for ds in datasets]
+        return next((g for g in gaps if isinstance(g, MissingSplit)), records)
+
     return ReIDDataset(
         name=name or "+".join(ds.name for ds in datasets),
-        train=train,
-        query=query,
-        gallery=gallery,
+        train=combined("train", train),
+        query=combined("query", query),
+        gallery=combined("gallery", gallery),
         domain_names=domain_names,
     )
 

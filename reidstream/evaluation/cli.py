@@ -1,7 +1,9 @@
 """``reidstream eval [CONFIG.yaml] [section.key=value ...]``: evaluate a re-id model.
 
 Prints Rank-1/5/10, mAP and mINP (and the re-ranked figures when ``eval.rerank=true``),
-writes metrics.json, cmc.png and ranked_list.png under ``eval.output_dir``.
+writes metrics.json, cmc.png and ranked_list.png under ``eval.output_dir``. ``eval.dataset``
+needs its query and gallery folders only (a site's test set has no train split); a missing one
+is an error that names the folder.
 Heavy imports stay inside the function so ``reidstream --help`` stays fast.
 """
 

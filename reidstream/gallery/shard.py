@@ -34,6 +34,7 @@ import faiss
 import numpy as np
 
 from reidstream.config import ConfigError, GalleryConfig
+from reidstream.raycluster import custom_resources
 from reidstream.registry import Registry
 from reidstream.vectors import l2_normalize
 
@@ -147,11 +148,20 @@ def check_gallery_config(cfg: GalleryConfig) -> None:
             raise ConfigError(f"gallery.{key}: must be >= 0, got {getattr(cfg, key)}")
     if cfg.actor_num_cpus <= 0:
         raise ConfigError(f"gallery.actor_num_cpus: must be > 0, got {cfg.actor_num_cpus}")
+    custom_resources(cfg.actor_resources, "gallery.actor_resources")
     if not 0 < cfg.tombstone_rebuild_fraction <= 1:
         raise ConfigError("gallery.tombstone_rebuild_fraction: must be in (0, 1]")
     if not 0 < cfg.norm_tolerance < 1:
         raise ConfigError("gallery.norm_tolerance: must be in (0, 1)")
     resolve_use_gpu(cfg.use_gpu, cfg.index, available=1)
+
+
+def shard_options(cfg: Any) -> dict[str, Any]:
+    """Ray resources of one shard actor (placement on a cluster: docs/cluster.md)."""
+    options: dict[str, Any] = {"num_cpus": cfg.actor_num_cpus, "num_gpus": cfg.actor_num_gpus}
+    if cfg.actor_resources:
+        options["resources"] = custom_resources(cfg.actor_resources, "gallery.actor_resources")
+    return options
 
 
 def resolve_use_gpu(setting: bool | str, kind: str, available: int | None = None) -> bool:
@@ -167,6 +177,15 @@ def resolve_use_gpu(setting: bool | str, kind: str, available: int | None = None
         return False
     if available is None:
         available = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+        if available > 0:  # a GPU build without kernels for this GPU fails at the first search
+            from reidstream.doctor import faiss_gpu_gap
+
+            gap = faiss_gpu_gap()
+            if gap and value == "true":
+                raise ConfigError(f"gallery.use_gpu=true but {gap}")
+            if gap:
+                log.warning("gallery.use_gpu=auto: %s; searching on CPU", gap)
+                return False
     if value == "true" and available < 1:
         raise ConfigError(
             "gallery.use_gpu=true but FAISS sees no GPU (needs faiss-gpu and, inside Ray, "
@@ -538,6 +557,13 @@ class GalleryShard:
             record = self._meta.get(i)
             out.append(None if record is None else json.loads(json.dumps(record)))
         return out
+
+    def entries(self) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """Every live ``(id, vector, metadata)``: what moving to another shard count copies."""
+        labels, vectors = _extract(self._index)
+        keep = [i for i, lb in enumerate(labels.tolist()) if lb in self._id_of]
+        ids = np.array([self._id_of[int(labels[i])] for i in keep], dtype=np.int64)
+        return ids, vectors[keep].reshape(-1, self.dim), [self._meta[int(i)] for i in ids]
 
     def ids(self) -> np.ndarray:
         return np.fromiter(self._meta, np.int64, len(self._meta))

@@ -26,6 +26,7 @@ from reidstream.gallery.shard import (
     check_k,
     check_metadata,
     check_vectors,
+    shard_options,
     top_k,
 )
 
@@ -86,12 +87,8 @@ class ShardedGallery:
         check_gallery_config(cfg)
         shards = []
         for i in range(cfg.num_shards):
-            options: dict[str, Any] = {
-                "num_cpus": cfg.actor_num_cpus,
-                "num_gpus": cfg.actor_num_gpus,
-                # A dead shard comes back (empty): a linker with a state dir refills it.
-                "max_restarts": -1,
-            }
+            # A dead shard comes back (empty): a linker with a state dir refills it.
+            options: dict[str, Any] = {**shard_options(cfg), "max_restarts": -1}
             if name_prefix:
                 options.update(name=f"{name_prefix}-gallery-{i}", get_if_exists=True)
                 if detached:
@@ -175,6 +172,15 @@ class ShardedGallery:
 
     def stats(self) -> list[dict[str, Any]]:
         return ray.get([shard.stats.remote() for shard in self.shards])
+
+    def copy_to(self, other: ShardedGallery) -> int:
+        """Add every entry of this gallery to ``other`` (of another shard count): a reshard."""
+        moved = 0
+        for ids, vectors, metadata in ray.get([s.entries.remote() for s in self.shards]):
+            if ids.size:
+                other.add(ids, vectors, metadata)
+                moved += int(ids.size)
+        return moved
 
     def rebuild(self) -> None:
         ray.get([shard.rebuild.remote() for shard in self.shards])

@@ -9,23 +9,82 @@ import argparse
 import datetime as dt
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from reidstream.cli import add_config_arguments, load_cli_config
 
+if TYPE_CHECKING:
+    from reidstream.config import KafkaConfig
+
 DEFAULT_BROKER_PORT = 19092
+
+
+# ---- the flags of every command that talks to Kafka -------------------------------------------
+
+
+def add_kafka_arguments(parser: argparse.ArgumentParser, *, group: bool = False) -> None:
+    """``--bootstrap-servers`` (and ``--group`` where a command acts for a consumer group), the
+    same on every command that talks to Kafka. Topics and the rest stay ``kafka.KEY=VALUE``."""
+    kafka = parser.add_argument_group("Kafka")
+    kafka.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        help="the Kafka brokers (default: kafka.bootstrap_servers)",
+    )
+    if group:
+        kafka.add_argument(
+            "--group", metavar="ID", help="the consumer group (default: kafka.group_id)"
+        )
+
+
+def apply_kafka_arguments(kafka: KafkaConfig, args: argparse.Namespace) -> KafkaConfig:
+    """Put the flags of :func:`add_kafka_arguments` into ``kafka`` (in place; returned too).
+
+    A flag wins over a ``kafka.*=`` override, being the more specific of the two.
+    """
+    servers = getattr(args, "bootstrap_servers", None)
+    if servers is not None:
+        kafka.bootstrap_servers = check_bootstrap_servers(servers)
+    group = getattr(args, "group", None)
+    if group is not None:
+        if not group.strip():
+            raise ValueError("--group: empty consumer group id")
+        kafka.group_id = group.strip()
+    return kafka
+
+
+def check_bootstrap_servers(servers: str) -> str:
+    """``HOST:PORT[,HOST:PORT...]`` without blanks, or a ValueError that shows the expected form
+    (kafka-python would otherwise guess port 9092 or fail later with a resolver error)."""
+    hosts = [h.strip() for h in servers.split(",")]
+    for host in hosts:
+        name, colon, port = host.rpartition(":")
+        if not (colon and name and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(
+                f"--bootstrap-servers {servers!r}: expected HOST:PORT[,HOST:PORT...], "
+                f"e.g. localhost:{DEFAULT_BROKER_PORT}"
+            )
+    return ",".join(hosts)
 
 
 # ---- publish ----------------------------------------------------------------------------------
 
 
 def add_arguments_publish(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="video file, image folder, rtsp:// or http:// URL, or webcam 0")
+    p.add_argument(
+        "source",
+        nargs="?",
+        help="video file, image folder, rtsp:// or http:// URL, or webcam 0 (none when every "
+        "--camera names its own recording)",
+    )
     p.add_argument(
         "--camera",
         action="append",
         required=True,
-        metavar="NAME",
-        help="camera id (repeat to publish the source as several cameras, one --view each)",
+        metavar="NAME[=RECORDING]",
+        help="camera id (repeat to publish SOURCE as several cameras, one --view each); "
+        "NAME=RECORDING instead publishes each camera's own video or image folder, all "
+        "interleaved on one clock (frame i of each stamped start + i/fps)",
     )
     p.add_argument(
         "--view",
@@ -39,6 +98,7 @@ def add_arguments_publish(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jpeg-quality", type=int, help="default kafka.jpeg_quality")
     p.add_argument("--modality", choices=("visible", "infrared"))
     p.add_argument("--create-topics", action="store_true", help="create missing topics first")
+    add_kafka_arguments(p)
     add_config_arguments(p)
 
 
@@ -49,19 +109,20 @@ def publish(args: argparse.Namespace) -> int:
         quiet_kafka_logging,
     )
     from reidstream.ingest.producer import SafeProducer
-    from reidstream.ingest.publisher import parse_view
+    from reidstream.ingest.publisher import parse_view, publish_cameras
     from reidstream.ingest.publisher import publish as publish_frames
 
     quiet_kafka_logging(getattr(args, "verbose", False))
-    cfg = load_cli_config(args).kafka
+    names, recordings = _split_cameras(args)
+    cfg = apply_kafka_arguments(load_cli_config(args).kafka, args)
     views = args.view or [None]
     if len(views) == 1:
-        views = views * len(args.camera)
-    if len(views) != len(args.camera):
-        raise ValueError(f"{len(args.camera)} --camera but {len(views)} --view: give 1 or one each")
-    if len(set(args.camera)) != len(args.camera):
-        raise ValueError(f"repeated camera id in {args.camera}")
-    cameras = {name: parse_view(spec) for name, spec in zip(args.camera, views, strict=True)}
+        views = views * len(names)
+    if len(views) != len(names):
+        raise ValueError(f"{len(names)} --camera but {len(views)} --view: give 1 or one each")
+    if len(set(names)) != len(names):
+        raise ValueError(f"repeated camera id in {names}")
+    cameras = {name: parse_view(spec) for name, spec in zip(names, views, strict=True)}
     if args.create_topics:
         try:
             ensure_topics(cfg)
@@ -77,23 +138,53 @@ def publish(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        stats = publish_frames(
-            cfg,
-            args.source,
-            cameras,
-            args.fps,
+        options = dict(
             loop=args.loop,
             max_frames=args.max_frames,
             jpeg_quality=args.jpeg_quality,
             modality=args.modality,
             producer=producer,
         )
+        if recordings:
+            feeds = {name: (recordings[name], view) for name, view in cameras.items()}
+            stats = publish_cameras(cfg, feeds, args.fps, **options)
+        else:
+            stats = publish_frames(cfg, args.source, cameras, args.fps, **options)
+    counts = ", ".join(f"{name} {stats.per_camera[name]}" for name in cameras)
     print(
         f"published {stats.frames} frame(s) as {', '.join(cameras)} to {cfg.frames_topic} "
         f"in {stats.seconds:.1f} s ({stats.fps:.1f} frames/s, {stats.bytes / 1e6:.1f} MB"
-        f", {stats.dropped + stats.failed} not delivered)"
+        f", {stats.dropped + stats.failed} not delivered"
+        + (f"; per camera: {counts})" if recordings else ")")
     )
     return 0 if stats.dropped + stats.failed == 0 else 1
+
+
+def _split_cameras(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """Camera names, and each one's recording when every ``--camera`` is ``NAME=RECORDING``.
+
+    That form takes no SOURCE, so a positional argparse gave SOURCE is the config file or the
+    first override instead, and goes back to them.
+    """
+    pairs = [item.partition("=") for item in args.camera]
+    given = [bool(sep) for _, sep, _ in pairs]
+    if not any(given):
+        if args.source is None:
+            raise ValueError("give a SOURCE to publish, or --camera NAME=RECORDING per camera")
+        return list(args.camera), {}
+    if not all(given):
+        raise ValueError(
+            f"--camera {' '.join(args.camera)}: either every camera names its recording "
+            "(NAME=RECORDING) or none does (one SOURCE for all)"
+        )
+    if args.source is not None:
+        args.config_and_overrides = [args.source, *args.config_and_overrides]
+        args.source = None
+    empty = [item for item, (name, _, path) in zip(args.camera, pairs, strict=True)
+             if not (name and path)]
+    if empty:
+        raise ValueError(f"--camera {empty[0]!r}: expected NAME=RECORDING")
+    return [name for name, _, _ in pairs], {name: path for name, _, path in pairs}
 
 
 # ---- events -----------------------------------------------------------------------------------
@@ -107,6 +198,7 @@ def add_arguments_events(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout", type=float, metavar="S", help="exit after S s without news")
     p.add_argument("--keep-duplicates", action="store_true",
                    help="do not drop repeated event or summary ids")
+    add_kafka_arguments(p)
     add_config_arguments(p)
 
 
@@ -138,7 +230,7 @@ def events(args: argparse.Namespace) -> int:
     from reidstream.ingest.wire import BadMessage, MatchEvent, TrackSummary
 
     quiet_kafka_logging(getattr(args, "verbose", False))
-    cfg = load_cli_config(args).kafka
+    cfg = apply_kafka_arguments(load_cli_config(args).kafka, args)
     topics = [cfg.events_topic] + ([cfg.tracks_topic] if args.tracks else [])
     try:
         consumer = make_consumer(

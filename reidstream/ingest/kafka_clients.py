@@ -9,15 +9,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from reidstream.config import ConfigError, KafkaConfig
 from reidstream.ingest.backoff import backoff_for
 from reidstream.ingest.kafka_patches import keep_finished_joins
+from reidstream.ingest.secrets import oauth_token_provider, read_secret
 
 log = logging.getLogger(__name__)
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 HEADER_ROOM = 64 * 1024  # request/fetch sizes = max frame + this, for headers and batch framing
 NO_GROUP = ""  # group_id for a consumer that joins no group and commits nothing
 
@@ -35,7 +38,11 @@ def quiet_kafka_logging(verbose: bool = False) -> None:
 
 
 def kafka_client_kwargs(cfg: KafkaConfig) -> dict[str, Any]:
-    """Connection settings every kafka-python client shares: servers, security, timeouts."""
+    """Connection settings every kafka-python client shares: servers, security, timeouts.
+
+    Secrets (SASL password, OAuth token, client-key password) are read here, from the env var
+    or file the config names, so the config itself never holds one (docs/secrets.md).
+    """
     servers = [s.strip() for s in cfg.bootstrap_servers.split(",") if s.strip()]
     if not servers:
         raise ConfigError("kafka.bootstrap_servers: empty")
@@ -50,19 +57,77 @@ def kafka_client_kwargs(cfg: KafkaConfig) -> dict[str, Any]:
         "reconnect_backoff_max_ms": cfg.reconnect_backoff_max_ms,
         "bootstrap_timeout_ms": cfg.connect_timeout_ms,
     }
-    if cfg.sasl_mechanism:
-        if not protocol.startswith("SASL_"):
+    kw.update(_sasl_kwargs(cfg, protocol))
+    kw.update(_ssl_kwargs(cfg, protocol))
+    return kw
+
+
+def _sasl_kwargs(cfg: KafkaConfig, protocol: str) -> dict[str, Any]:
+    mechanism = cfg.sasl_mechanism.strip().upper()
+    if not mechanism:
+        if protocol.startswith("SASL_"):
             raise ConfigError(
-                f"kafka.sasl_mechanism={cfg.sasl_mechanism!r} needs security_protocol "
-                f"SASL_PLAINTEXT or SASL_SSL, not {protocol}"
+                f"kafka.security_protocol={protocol} needs kafka.sasl_mechanism, one of "
+                f"{', '.join(SASL_MECHANISMS)}"
             )
-        kw["sasl_mechanism"] = cfg.sasl_mechanism
+        return {}
+    if not protocol.startswith("SASL_"):
+        raise ConfigError(
+            f"kafka.sasl_mechanism={cfg.sasl_mechanism!r} needs security_protocol "
+            f"SASL_PLAINTEXT or SASL_SSL, not {protocol}"
+        )
+    if mechanism not in SASL_MECHANISMS:
+        raise ConfigError(
+            f"kafka.sasl_mechanism: {cfg.sasl_mechanism!r} not in {', '.join(SASL_MECHANISMS)}"
+        )
+    if mechanism == "OAUTHBEARER":
         if cfg.sasl_username:
-            kw["sasl_plain_username"] = cfg.sasl_username
-            kw["sasl_plain_password"] = cfg.sasl_password
-    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-        if getattr(cfg, key):
-            kw[key] = getattr(cfg, key)
+            raise ConfigError(
+                "kafka.sasl_username: OAUTHBEARER authenticates with a token, not a user name; "
+                "leave it empty"
+            )
+        provider = oauth_token_provider(cfg.sasl_oauth_token_env, cfg.sasl_oauth_token_file)
+        provider.token()  # fail now, with the config's words, rather than at the first connect
+        return {"sasl_mechanism": mechanism, "sasl_oauth_token_provider": provider}
+    if not cfg.sasl_username:
+        raise ConfigError(f"kafka.sasl_mechanism={mechanism} needs kafka.sasl_username")
+    password = read_secret("sasl_password", cfg.sasl_password_env, cfg.sasl_password_file)
+    assert password is not None
+    return {
+        "sasl_mechanism": mechanism,
+        "sasl_plain_username": cfg.sasl_username,
+        "sasl_plain_password": password,
+    }
+
+
+def _ssl_kwargs(cfg: KafkaConfig, protocol: str) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    tls = protocol in ("SSL", "SASL_SSL")
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password_file"):
+        path = getattr(cfg, key)
+        if not path:
+            continue
+        if not tls:  # kafka-python would ignore it: a TLS set-up that silently is not
+            raise ConfigError(
+                f"kafka.{key} is set but security_protocol={protocol} does not use TLS "
+                "(SSL or SASL_SSL)"
+            )
+        if not Path(path).expanduser().is_file():
+            raise ConfigError(f"kafka.{key}: no such file {path}")
+        if key != "ssl_password_file":
+            kw[key] = str(Path(path).expanduser())
+    if cfg.ssl_keyfile and not cfg.ssl_certfile:
+        raise ConfigError("kafka.ssl_keyfile needs kafka.ssl_certfile, its certificate")
+    if cfg.ssl_password_file and not cfg.ssl_certfile:
+        raise ConfigError(
+            "kafka.ssl_password_file unlocks a client key, but kafka.ssl_certfile is not set"
+        )
+    if cfg.ssl_certfile:
+        key_password = read_secret(
+            "ssl_password", cfg.ssl_password_env, cfg.ssl_password_file, required=False
+        )
+        if key_password is not None:
+            kw["ssl_password"] = key_password
     return kw
 
 

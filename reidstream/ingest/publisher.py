@@ -3,7 +3,8 @@
 Each frame gets a real capture timestamp (the wall clock when it was read, paced to ``fps``)
 and a per-run frame index, then goes to the frames topic keyed by camera (see
 ``docs/wire-format.md``). One source can feed several cameras through view transforms, which
-is how the demo turns one real video into two overlapping camera views.
+is how the demo turns one real video into two overlapping camera views. Several recordings,
+one camera each, go out together on one clock (:func:`publish_cameras`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,6 +218,53 @@ class PublishStats:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+@contextmanager
+def _sending(
+    cfg: KafkaConfig,
+    cameras: list[str],
+    topic: str,
+    producer: SafeProducer | None,
+    jpeg_quality: int | None,
+    modality: str | None,
+) -> Iterator[tuple[Callable[[str, np.ndarray, int, int], None], PublishStats]]:
+    """``send(camera, image, ts_ms, index)`` and the stats it fills: what both publishers share
+    (encoding, delivery counting, the final flush and the closing log line)."""
+    quality = cfg.jpeg_quality if jpeg_quality is None else jpeg_quality
+    own_producer = producer is None
+    producer = producer or SafeProducer(cfg, name=f"publisher {','.join(cameras)}")
+    stats = PublishStats()
+    failed_before = producer.stats["failed"]
+    start = time.monotonic()
+
+    def send(camera: str, image: np.ndarray, ts_ms: int, index: int) -> None:
+        record = OutRecord(topic, *encode_frame(camera, jpeg_encode(image, quality), ts_ms, index,
+                                                modality))
+        if producer.send(dataclasses.replace(record, timestamp_ms=ts_ms)) is None:
+            stats.dropped += 1
+        else:
+            stats.records += 1
+            stats.bytes += len(record.value)
+            stats.per_camera[camera] += 1
+
+    try:
+        yield send, stats
+    finally:
+        producer.flush()
+        stats.failed = producer.stats["failed"] - failed_before
+        if own_producer:
+            producer.close()
+        stats.seconds = time.monotonic() - start
+        log.info(
+            "published %d frame(s) (%d record(s), %.1f MB, %d dropped, %d failed) in %.1f s",
+            stats.frames,
+            stats.records,
+            stats.bytes / 1e6,
+            stats.dropped,
+            stats.failed,
+            stats.seconds,
+        )
+
+
 def publish(
     cfg: KafkaConfig,
     source: str | Path,
@@ -243,13 +292,8 @@ def publish(
     if rate < 0:
         raise ValueError(f"fps must be >= 0, got {fps}")
     period = 1.0 / rate if rate > 0 else 0.0
-    quality = cfg.jpeg_quality if jpeg_quality is None else jpeg_quality
     topic = topic or cfg.frames_topic
-    own_producer = producer is None
-    producer = producer or SafeProducer(cfg, name=f"publisher {','.join(cameras)}")
-    stats = PublishStats()
-    failed_before = producer.stats["failed"]
-    start = next_t = time.monotonic()
+    next_t = time.monotonic()
     index = 0
     log.info(
         "publishing %s as camera(s) %s to %s at %s",
@@ -258,7 +302,7 @@ def publish(
         topic,
         f"{rate:g} fps" if rate else "full speed",
     )
-    try:
+    with _sending(cfg, list(cameras), topic, producer, jpeg_quality, modality) as (send, stats):
         for image in _passes(src, loop, stop):
             if (stop is not None and stop.is_set()) or index == max_frames:
                 break
@@ -266,39 +310,103 @@ def publish(
             if period and now < next_t:
                 if src.live:
                     continue  # a live camera runs at its own rate: thin it, never queue it
-                if stop is not None:
-                    stop.wait(next_t - now)
-                else:
-                    time.sleep(next_t - now)
+                _wait(next_t - now, stop)
             next_t = max(next_t + period, time.monotonic() - period)  # no catch-up bursts
             ts_ms = time.time_ns() // 1_000_000
             for camera, view in cameras.items():
-                jpeg = jpeg_encode(view(image) if view else image, quality)
-                record = OutRecord(topic, *encode_frame(camera, jpeg, ts_ms, index, modality))
-                if producer.send(dataclasses.replace(record, timestamp_ms=ts_ms)) is None:
-                    stats.dropped += 1
-                else:
-                    stats.records += 1
-                    stats.bytes += len(record.value)
-                    stats.per_camera[camera] += 1
+                send(camera, view(image) if view else image, ts_ms, index)
             stats.frames += 1
             index += 1
-        return stats
-    finally:
-        producer.flush()
-        stats.failed = producer.stats["failed"] - failed_before
-        if own_producer:
-            producer.close()
-        stats.seconds = time.monotonic() - start
-        log.info(
-            "published %d frame(s) (%d record(s), %.1f MB, %d dropped, %d failed) in %.1f s",
-            stats.frames,
-            stats.records,
-            stats.bytes / 1e6,
-            stats.dropped,
-            stats.failed,
-            stats.seconds,
-        )
+    return stats
+
+
+def publish_cameras(
+    cfg: KafkaConfig,
+    feeds: Mapping[str, str | Path | tuple[str | Path, View | None]],
+    fps: float | None = None,
+    *,
+    loop: bool = False,
+    max_frames: int | None = None,
+    jpeg_quality: int | None = None,
+    modality: str | None = None,
+    topic: str | None = None,
+    producer: SafeProducer | None = None,
+    stop: threading.Event | None = None,
+) -> PublishStats:
+    """Publish several recordings, one camera each (``{camera: source or (source, view)}``),
+    on one clock, as ``reidstream.scenes.replay`` does for a rendered scene.
+
+    Frame i of every camera is taken as the same instant: it is stamped ``start + i / fps``
+    (the wall clock at the start, then the nominal clock, so the gaps between cameras are the
+    recordings' own whatever the publishing speed) and sent camera after camera, in capture
+    order. ``fps`` None is the recordings' common rate; 0 sends as fast as the broker takes it,
+    still stamped at that rate. A recording that ends drops out; the others go on.
+    ``stats.frames`` counts clock ticks.
+    """
+    if not feeds:
+        raise ValueError("no cameras to publish to")
+    sources: dict[str, tuple[Source, View | None]] = {}
+    for camera, feed in feeds.items():
+        spec, view = feed if isinstance(feed, tuple) else (feed, None)
+        src = open_source(spec)
+        if src.live:
+            raise ValueError(
+                f"camera {camera}: {src.name} is live; cameras on one clock must be recordings "
+                "(publish a live stream with its own `reidstream publish SOURCE --camera NAME`)"
+            )
+        sources[camera] = (src, view)
+    if fps is not None and fps < 0:
+        raise ValueError(f"fps must be >= 0, got {fps}")
+    clock = float(fps) if fps else _common_rate(sources)
+    period = 1.0 / clock if fps is None or fps > 0 else 0.0
+    topic = topic or cfg.frames_topic
+    frames = {camera: _passes(src, loop, stop) for camera, (src, _) in sources.items()}
+    log.info(
+        "publishing %s to %s on one %g fps clock%s",
+        ", ".join(f"{camera}={src.name}" for camera, (src, _) in sources.items()),
+        topic,
+        clock,
+        "" if period else ", sent at full speed",
+    )
+    with _sending(cfg, list(sources), topic, producer, jpeg_quality, modality) as (send, stats):
+        start = time.monotonic()
+        base_ms = time.time_ns() // 1_000_000
+        index = 0
+        while frames and index != max_frames and not (stop is not None and stop.is_set()):
+            images = {camera: next(it, None) for camera, it in frames.items()}
+            for camera in [c for c, image in images.items() if image is None]:
+                del frames[camera]  # that recording ended
+            if not frames:
+                break
+            if period:  # never before the instant the stamp names; behind it, no waiting
+                _wait(start + index * period - time.monotonic(), stop)
+            ts_ms = base_ms + round(index * 1000 / clock)
+            for camera, image in images.items():
+                if image is not None:
+                    view = sources[camera][1]
+                    send(camera, view(image) if view else image, ts_ms, index)
+            stats.frames += 1
+            index += 1
+    return stats
+
+
+def _common_rate(sources: Mapping[str, tuple[Source, View | None]]) -> float:
+    """The one frame rate of the recordings; different rates need an explicit ``fps``."""
+    rates = {camera: src.fps for camera, (src, _) in sources.items() if src.fps}
+    if len({round(r, 3) for r in rates.values()}) > 1:
+        found = ", ".join(f"{camera} {rate:g} fps" for camera, rate in rates.items())
+        raise ValueError(f"the recordings run at different rates ({found}): give --fps N (N > 0) "
+                         "for the clock they share")
+    return next(iter(rates.values()), DEFAULT_FPS)
+
+
+def _wait(seconds: float, stop: threading.Event | None) -> None:
+    if seconds <= 0:
+        return
+    if stop is not None:
+        stop.wait(seconds)
+    else:
+        time.sleep(seconds)
 
 
 def publish_video(

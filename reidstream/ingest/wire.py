@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -363,6 +364,18 @@ def _check_box(box: list[float], what: str) -> None:
         raise ValueError(f"{what} must be [x1, y1, x2, y2], got {box!r}")
 
 
+def _box_row(row: list[float]) -> list[float]:
+    """``[frame_index, ts_ms, x1, y1, x2, y2]`` with the first two whole numbers again: the
+    reader types every cell as float, and JSON written back out should say ``12``, not ``12.0``.
+    """
+    if len(row) < 6:  # columns a later writer appends pass through
+        raise ValueError(f"boxes row must be [frame_index, ts_ms, x1, y1, x2, y2], got {row!r}")
+    frame, ts = row[0], row[1]
+    if not all(isinstance(v, numbers.Real) and float(v).is_integer() for v in (frame, ts)):
+        raise ValueError(f"boxes row {row!r}: frame index and ts_ms must be whole numbers")
+    return [int(frame), int(ts), *row[2:]]
+
+
 @dataclass
 class CropRef:
     """Where the best crop of a track is: enough to fetch the frame again from the topic."""
@@ -443,6 +456,7 @@ class TrackSummary(_JsonRecord):
 
     def __post_init__(self) -> None:
         _check_box(self.best_box, "best_box")
+        self.boxes = [_box_row(row) for row in self.boxes]
         if not self.summary_id:
             canon = json.dumps([self.camera, int(self.track_id), int(self.global_id),
                                 int(self.start_ms), int(self.end_ms), int(self.num_frames)])

@@ -46,8 +46,8 @@ def add_arguments_run_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scene", help="scene folder from `reidstream synth` (bench scene)")
     parser.add_argument("--journal", help="linker journal from `bench scene` (bench linker)")
     parser.add_argument("--tracks", help="track summaries from `bench scene` (bench linker)")
-    parser.add_argument("--plan", default="", help="bench faults: kind@seconds,... (default: "
-                        "each of worker, detector, embedder, shard, linker, sink, broker once)")
+    parser.add_argument("--plan", default="", help="bench faults: kind@seconds,... (default: each "
+                        "of worker, detector, embedder, shard, linker, sink, broker, node once)")
     parser.add_argument("--broker-down", type=float, default=20.0,
                         help="bench faults: seconds the broker stays stopped")
     parser.add_argument("--baseline", default="", help="bench faults: reuse the fault-free "
@@ -67,15 +67,15 @@ def run_bench(args: argparse.Namespace) -> int:
         if not (args.journal and args.tracks):
             raise ValueError("bench linker needs --journal and --tracks (written by bench scene)")
         return _write(out, _linker_replay(cfg, args.scene, args.journal, args.tracks))
-    ensure_ray(cfg.pipeline.ray_address)
-    if args.target == "scene":
-        return _write(out, _scene_run(cfg, args.scene, out))
-    if args.target == "faults":
+    if args.target == "faults":  # its own Ray: several local nodes for a node fault
         from reidstream.pipeline.faults import DEFAULT_PLAN, parse_plan, run_faults
 
         plan = parse_plan(args.plan or DEFAULT_PLAN)
         return _write(out, run_faults(cfg, args.scene, out, plan, args.broker_down,
                                       args.baseline))
+    ensure_ray(cfg.pipeline.ray_address)
+    if args.target == "scene":
+        return _write(out, _scene_run(cfg, args.scene, out))
     video = Assets.from_config(cfg.assets).asset("vtest.avi")
     from reidstream.device import cpu_model
 

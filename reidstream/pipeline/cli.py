@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 from reidstream.cli import add_config_arguments, load_cli_config
+from reidstream.ingest.cli import add_kafka_arguments, apply_kafka_arguments
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 def add_arguments_run_pipeline(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
-    parser.add_argument("--bootstrap-servers", default=None, help="Kafka bootstrap servers")
+    add_kafka_arguments(parser, group=True)
     parser.add_argument(
         "--embedded-broker", action="store_true", help="start the embedded broker for this run"
     )
@@ -27,8 +28,9 @@ def run_pipeline(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
     if args.address is not None:
         cfg.pipeline.ray_address = args.address
-    if args.bootstrap_servers:
-        cfg.kafka.bootstrap_servers = args.bootstrap_servers
+    if args.embedded_broker and args.bootstrap_servers is not None:
+        raise ValueError("--embedded-broker starts a broker of its own: drop --bootstrap-servers")
+    apply_kafka_arguments(cfg.kafka, args)
     if args.embedded_broker:
         from reidstream.ingest.broker import EmbeddedBroker
 

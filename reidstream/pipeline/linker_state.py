@@ -141,6 +141,16 @@ class LinkerStore:
         self._last_snapshot = time.monotonic()
         return {"snapshot": self.seq, "tracks": tracks, "replayed_calls": replayed}
 
+    def saved_shards(self) -> int | None:
+        """The gallery shard count of the newest snapshot (None without one)."""
+        seq = self._latest_snapshot()
+        if seq is None:
+            return None
+        from reidstream.gallery.sharded import MANIFEST
+
+        manifest = self.dir / f"snap-{seq:06d}" / "gallery" / MANIFEST
+        return int(json.loads(manifest.read_text())["num_shards"]) if manifest.is_file() else None
+
     def _latest_snapshot(self) -> int | None:
         seqs = [int(m.group(1)) for p in self.dir.iterdir() if (m := _SNAP_RE.search(p.name))]
         return max(seqs) if seqs else None

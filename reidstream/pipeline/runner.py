@@ -32,10 +32,12 @@ from reidstream.pipeline.stages import (
     EventSink,
     LinkerStage,
     StepStats,
+    model_version,
 )
 
 log = logging.getLogger(__name__)
 KEEP_SAMPLES = 200_000
+REPORT_INTERVAL_S = 2.0  # how often the driver leaves its status with the control actor
 
 
 @dataclass
@@ -110,26 +112,63 @@ def percentiles(values: Any) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(arr, q)), 1) for q in (50, 95, 99)}
 
 
-def check_cpu_budget(cfg: Config, cluster_cpus: float) -> None:
-    """Ray only starts an actor when its CPUs are free: actors asking more than the cluster
-    has would wait for ever. Say so up front, with what asks for what. A roll-out starts the
-    new embedders before it retires the old ones, so embedders count twice."""
-    pc, gc = cfg.pipeline, cfg.gallery
+def actor_options(cfg: Config, kind: str) -> dict[str, Any]:
+    """The Ray resources one actor of ``kind`` (detector, embedder, worker, control) asks for:
+    what places it on a cluster's nodes (docs/cluster.md)."""
+    from reidstream.raycluster import custom_resources
+
+    pc = cfg.pipeline
+    cpus, gpus, custom = {
+        "detector": (pc.detector_num_cpus, pc.detector_num_gpus, pc.detector_resources),
+        "embedder": (pc.embedder_num_cpus, pc.embedder_num_gpus, pc.embedder_resources),
+        "worker": (pc.worker_num_cpus, 0.0, pc.worker_resources),
+        "control": (0.0, 0.0, pc.control_resources),
+    }[kind]
+    if gpus < 0:
+        raise ValueError(f"pipeline.{kind}_num_gpus: must be >= 0, got {gpus}")
+    options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
+    if custom:
+        options["resources"] = custom_resources(custom, f"pipeline.{kind}_resources")
+    return options
+
+
+def check_placement(cfg: Config, cluster: dict[str, float]) -> None:
+    """Ray only starts an actor when a node offers what it asks: asks beyond the cluster's
+    totals (``ray.cluster_resources()``) would wait for ever. Say so up front, with what asks
+    for what. A roll-out starts the new embedders before it retires the old ones, so
+    embedders count twice."""
+    from reidstream.gallery.shard import shard_options
+
+    pc = cfg.pipeline
     asks = {
-        "detectors": pc.num_detectors * pc.detector_num_cpus,
-        "embedders (x2 for a roll-out)": 2 * pc.num_embedders * pc.embedder_num_cpus,
-        "camera workers": pc.num_workers * pc.worker_num_cpus,
-        "gallery shards": gc.num_shards * gc.actor_num_cpus,
+        "detectors": (pc.num_detectors, actor_options(cfg, "detector")),
+        "embedders (x2 for a roll-out)": (2 * pc.num_embedders, actor_options(cfg, "embedder")),
+        "camera workers": (pc.num_workers, actor_options(cfg, "worker")),
+        "gallery shards": (cfg.gallery.num_shards, shard_options(cfg.gallery)),
+        "linker, sink, control": (3, actor_options(cfg, "control")),
     }
-    total = sum(asks.values())
-    if total > cluster_cpus + 1e-9:
-        detail = ", ".join(f"{k} {v:g}" for k, v in asks.items())
-        raise ValueError(
-            f"the pipeline's actors ask for {total:g} CPUs ({detail}) but the Ray cluster has "
-            f"{cluster_cpus:g}: Ray would never start some of them. Lower pipeline.*_num_cpus / "
-            "gallery.actor_num_cpus (they are scheduling shares, not thread counts), use fewer "
-            "actors, or add nodes"
-        )
+    totals: Counter[str] = Counter()
+    detail: dict[str, list[str]] = {}
+    for who, (count, options) in asks.items():
+        wants = {"CPU": options["num_cpus"], "GPU": options["num_gpus"],
+                 **options.get("resources", {})}
+        for resource, amount in wants.items():
+            if amount:
+                totals[resource] += count * amount
+                detail.setdefault(resource, []).append(f"{who} {count * amount:g}")
+    for resource, total in totals.items():
+        have = cluster.get(resource, 0.0)
+        if total > have + 1e-9:
+            key = {"CPU": "pipeline.*_num_cpus / gallery.actor_num_cpus (scheduling shares, "
+                          "not thread counts)",
+                   "GPU": "pipeline.*_num_gpus / gallery.actor_num_gpus"}.get(
+                resource, "pipeline.*_resources / gallery.actor_resources")
+            raise ValueError(
+                f"the pipeline's actors ask for {total:g} {resource} "
+                f"({', '.join(detail[resource])}) but the Ray cluster has {have:g}: Ray would "
+                f"never start some of them. Lower {key}, use fewer actors, or add nodes that "
+                f"offer {resource}"
+            )
 
 
 class Pipeline:
@@ -139,6 +178,7 @@ class Pipeline:
         self.cfg = cfg
         self.stats = PipelineStats()
         self.workers: list[Any] = []
+        self.detectors: list[Any] = []
         self._actors: list[Any] = []
         self.embedders: list[Any] = []
         self.backends: dict[str, str] = {}  # detection / embed: what backend auto chose
@@ -149,28 +189,17 @@ class Pipeline:
         import ray
 
         from reidstream.ingest.kafka_clients import ensure_topics
+        from reidstream.pipeline.control import start_control
 
         pc = self.cfg.pipeline
-        check_cpu_budget(self.cfg, ray.cluster_resources().get("CPU", 0.0))
+        check_placement(self.cfg, ray.cluster_resources())
         ensure_topics(self.cfg.kafka, partitions=max(2, pc.num_workers))
-        # Detector and embedder hold no state: Ray restarts them and retries the call.
-        stateless = {"max_restarts": -1, "max_task_retries": 3}
-        detectors = [
-            ray.remote(DetectorStage)
-            .options(num_cpus=pc.detector_num_cpus, **stateless)
-            .remote(self.cfg)
-            for _ in range(pc.num_detectors)
-        ]
-        embedders = [
-            ray.remote(EmbedderStage)
-            .options(num_cpus=pc.embedder_num_cpus, **stateless)
-            .remote(self.cfg)
-            for _ in range(pc.num_embedders)
-        ]
-        dim = ray.get(embedders[0].feature_dim.remote())
-        self.backends = {"detection": ray.get(detectors[0].backend.remote()),
-                         "embed": ray.get(embedders[0].backend.remote())}
-        calibration = ray.get(embedders[0].calibration.remote())
+        self.detectors = [self._new_stage("detector", self.cfg) for _ in range(pc.num_detectors)]
+        self.embedders = [self._new_stage("embedder", self.cfg) for _ in range(pc.num_embedders)]
+        self.dim = ray.get(self.embedders[0].feature_dim.remote())
+        self.backends = {"detection": ray.get(self.detectors[0].backend.remote()),
+                         "embed": ray.get(self.embedders[0].backend.remote())}
+        calibration = ray.get(self.embedders[0].calibration.remote())
         if calibration is not None:
             log.info("%s", calibration.describe())
         # Restarted whenever they die; a call in flight is retried on the new actor (publishing
@@ -180,9 +209,10 @@ class Pipeline:
         if self.cfg.linker.state_dir:  # actors may run elsewhere than the driver's folder
             linker_cfg = copy.deepcopy(self.cfg)
             linker_cfg.linker.state_dir = str(Path(self.cfg.linker.state_dir).resolve())
-        linker = (ray.remote(LinkerStage).options(num_cpus=0, **restart)
-                  .remote(linker_cfg, dim, calibration))
-        sink = ray.remote(EventSink).options(num_cpus=0, **restart).remote(self.cfg)
+        control = actor_options(self.cfg, "control")
+        self.linker = (ray.remote(LinkerStage).options(**control, **restart)
+                       .remote(linker_cfg, self.dim, calibration))
+        self.sink = ray.remote(EventSink).options(**control, **restart).remote(self.cfg)
         self.harvest = None
         if self.cfg.harvest.dir:
             from reidstream.adaptation.harvest import HarvestStage
@@ -191,23 +221,14 @@ class Pipeline:
             harvest_cfg = dataclasses.replace(
                 self.cfg.harvest, dir=str(Path(self.cfg.harvest.dir).resolve())
             )
-            self.harvest = (ray.remote(HarvestStage).options(num_cpus=0, max_restarts=-1)
+            self.harvest = (ray.remote(HarvestStage).options(**control, max_restarts=-1)
                             .remote(harvest_cfg))
-        self.workers = [
-            ray.remote(CameraWorker)
-            .options(num_cpus=pc.worker_num_cpus, max_restarts=-1)
-            .remote(self.cfg, i, detectors[i % len(detectors)], embedders[i % len(embedders)],
-                    linker, sink, self.harvest)
-            for i in range(pc.num_workers)
-        ]
-        from reidstream.pipeline.rollout import start_control
-
-        self.control = start_control(self.cfg.kafka.group_id)
-        self._actors = [*detectors, *self.workers, linker, sink, self.control]
+        self.control = start_control(self.cfg.kafka.group_id, control)
+        self._actors = [self.linker, self.sink, self.control]
         if self.harvest is not None:
             self._actors.append(self.harvest)
-        self.embedders, self.linker, self.sink, self.dim = embedders, linker, sink, dim
-        self.detectors = detectors
+        self._assign_stages()
+        self.workers = [self._new_worker(i) for i in range(pc.num_workers)]
         ray.get([w.ready.remote() for w in self.workers])
         log.info(
             "pipeline up: %d worker(s), %d detector(s) (%s), %d embedder(s) (%s), "
@@ -215,6 +236,36 @@ class Pipeline:
             pc.num_embedders, self.backends["embed"], self.cfg.gallery.num_shards,
         )
         return self
+
+    def _new_stage(self, kind: str, cfg: Config) -> Any:
+        """A detector or embedder actor: they hold no state, so Ray restarts them and the
+        call is retried."""
+        import ray
+
+        cls = {"detector": DetectorStage, "embedder": EmbedderStage}[kind]
+        return (ray.remote(cls).options(**actor_options(cfg, kind), max_restarts=-1,
+                                        max_task_retries=3).remote(cfg))
+
+    def _new_worker(self, index: int) -> Any:
+        """Camera worker ``index``. It takes its stages from the control actor, not from its
+        constructor: a worker Ray restarts after a roll-out or a scale gets today's stages
+        (and no actor handle sits in the object store as a constructor argument)."""
+        import ray
+
+        return (ray.remote(CameraWorker)
+                .options(**actor_options(self.cfg, "worker"), max_restarts=-1)
+                .remote(self.cfg, index, control=self.cfg.kafka.group_id))
+
+    def _assign_stages(self) -> None:
+        """Tell the control actor which stages each worker uses (worker i: detector i mod n,
+        embedder i mod m): what a (re)starting worker asks for."""
+        import ray
+
+        ray.get(self.control.assign.remote({
+            "detectors": self.detectors, "embedders": self.embedders, "linker": self.linker,
+            "sink": self.sink, "harvest": self.harvest,
+            "model_version": model_version(self.cfg),
+        }))
 
     def stop(self) -> None:
         self._stop.set()
@@ -237,15 +288,19 @@ class Pipeline:
         in_flight = {w.step.remote(): w for w in self.workers}
         waiting: dict[int, float] = {}  # failed workers (index) -> when to step them again
         failures = Counter()  # consecutive failed steps per worker (index)
-        last_progress = time.monotonic()
-        request = None  # a roll-out waiting for the steps in flight to finish
+        last_progress = last_report = time.monotonic()
+        request = None  # a roll-out or scale waiting for the steps in flight to finish
         while in_flight or waiting or request is not None:
             if request is None:
                 request = ray.get(self.control.take.remote())
-            if request is not None and not in_flight:
-                self._serve_rollout(request)
+            if request is not None and request.kind == "stop":  # drain: no new steps
+                self.stop()
+                self.control.complete.remote(request.id, {"ok": True, "stopping": True})
                 request = None
-                # The workers were paused for the roll-out, not idle: idleness counts from now.
+            if request is not None and not in_flight:
+                self._serve(request)
+                request = None
+                # The workers were paused for the request, not idle: idleness counts from now.
                 self.stats.last_frame_at = time.monotonic()
                 waiting.clear()
                 if not self._should_stop():
@@ -279,7 +334,21 @@ class Pipeline:
             if on_progress and now - last_progress >= pc.stats_interval_s:
                 on_progress(self.stats)
                 last_progress = now
+            if now - last_report >= REPORT_INTERVAL_S:  # for `reidstream deploy status`
+                self.control.report.remote(self.status())
+                last_report = now
         return self.stats
+
+    def status(self) -> dict[str, Any]:
+        """What the driver reports to the control actor: actor counts, backends, totals
+        and rates, Kafka lag per partition (when the metrics endpoint reads it)."""
+        lag = self.lag() if self.lag is not None else {}
+        return {
+            "workers": len(self.workers), "detectors": len(self.detectors),
+            "embedders": len(self.embedders), "shards": self.cfg.gallery.num_shards,
+            "backends": dict(self.backends), "model_version": model_version(self.cfg),
+            "stats": self.stats.summary(), "lag": {str(p): n for p, n in lag.items()},
+        }
 
     def _worker_failed(self, worker: Any, exc: Exception, delay: float) -> None:
         """A dead worker is being restarted by Ray; one whose step failed is restarted here
@@ -295,17 +364,84 @@ class Pipeline:
                   "commit; next step in %.1f s", str(exc).strip().splitlines()[-1], delay)
         ray.kill(worker, no_restart=False)
 
-    def _serve_rollout(self, request: Any) -> None:
-        """Answer a roll-out request (the workers are idle now); never let it stop the run."""
-        try:
-            result = self.rollout(request.checkpoint, request.model_version)
-            result["ok"] = True
-        except Exception as exc:  # a bad checkpoint: report it, keep the running model
-            log.exception("roll-out of %s failed; the pipeline keeps its model", request.checkpoint)
-            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    def _serve(self, request: Any) -> None:
+        """Answer a request (the workers are idle now); never let it stop the run."""
         import ray
 
+        try:
+            if request.kind == "rollout":
+                result = self.rollout(**request.args)
+            else:
+                result = self.scale(**request.args)
+            result["ok"] = True
+        except Exception as exc:  # a bad checkpoint, an impossible size: report, keep running
+            log.exception("%s %s failed; the pipeline keeps running as it was", request.kind,
+                          request.args)
+            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         ray.get(self.control.complete.remote(request.id, result))
+
+    def scale(self, workers: int = 0, detectors: int = 0, embedders: int = 0,
+              shards: int = 0) -> dict[str, Any]:
+        """Change actor counts while no worker step is running (0 keeps a count).
+
+        Detectors and embedders hold no state: new ones start, workers switch, extras go.
+        Workers join or leave the consumer group: cameras move between workers as after a
+        crash (uncommitted frames read again, a new tracker life supersedes the old one's
+        open tracks), identities stay in the linker. Shards: the linker moves every filed
+        vector into a gallery of the new size (an identity's shard depends on the count)."""
+        import ray
+
+        want = {"workers": workers, "detectors": detectors, "embedders": embedders,
+                "shards": shards}
+        for key, n in want.items():
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise ValueError(f"scale {key}: expected a count >= 1 (0 keeps it), got {n!r}")
+        started = time.monotonic()
+        cfg = copy.deepcopy(self.cfg)
+        pc = cfg.pipeline
+        pc.num_workers = workers or pc.num_workers
+        pc.num_detectors = detectors or pc.num_detectors
+        pc.num_embedders = embedders or pc.num_embedders
+        cfg.gallery.num_shards = shards or cfg.gallery.num_shards
+        check_placement(cfg, ray.cluster_resources())  # refused before anything changes
+        before = {"workers": len(self.workers), "detectors": len(self.detectors),
+                  "embedders": len(self.embedders), "shards": self.cfg.gallery.num_shards,
+                  "linker": ray.get(self.linker.versions.remote())}
+        self.cfg = cfg
+        self.detectors = self._resize(self.detectors, pc.num_detectors, "detector")
+        self.embedders = self._resize(self.embedders, pc.num_embedders, "embedder")
+        self._assign_stages()
+        ray.get([w.use_stages.remote(self.detectors[i % len(self.detectors)],
+                                     self.embedders[i % len(self.embedders)])
+                 for i, w in enumerate(self.workers)])
+        if cfg.gallery.num_shards != before["shards"]:
+            moved = ray.get(self.linker.reshard.remote(cfg.gallery.num_shards))
+            log.info("gallery resharded to %d shard(s): %s", cfg.gallery.num_shards, moved)
+        if pc.num_workers < len(self.workers):
+            leaving = self.workers[pc.num_workers:]
+            ray.get([w.leave.remote() for w in leaving], timeout=60)
+            for worker in leaving:
+                ray.kill(worker, no_restart=True)
+            self.workers = self.workers[:pc.num_workers]
+        elif pc.num_workers > len(self.workers):
+            joining = [self._new_worker(i) for i in range(len(self.workers), pc.num_workers)]
+            ray.get([w.ready.remote() for w in joining])
+            self.workers += joining
+        after = {"workers": len(self.workers), "detectors": len(self.detectors),
+                 "embedders": len(self.embedders), "shards": cfg.gallery.num_shards,
+                 "linker": ray.get(self.linker.versions.remote())}
+        seconds = round(time.monotonic() - started, 1)
+        log.info("scaled %s -> %s in %.1f s", before, after, seconds)
+        return {"before": before, "after": after, "seconds": seconds}
+
+    def _resize(self, actors: list[Any], n: int, kind: str) -> list[Any]:
+        import ray
+
+        for surplus in actors[n:]:
+            ray.kill(surplus)
+        kept = actors[:n] + [self._new_stage(kind, self.cfg) for _ in range(n - len(actors))]
+        ray.get([a.backend.remote() for a in kept])  # up before any worker uses them
+        return kept
 
     def rollout(self, checkpoint: str, model_version: str = "") -> dict[str, Any]:
         """Swap the embedder for ``checkpoint`` while no worker step is running (see
@@ -321,13 +457,7 @@ class Pipeline:
         cfg = copy.deepcopy(self.cfg)
         cfg.embed.checkpoint = path
         cfg.pipeline.model_version = version
-        pc = cfg.pipeline
-        embedders = [
-            ray.remote(EmbedderStage)
-            .options(num_cpus=pc.embedder_num_cpus, max_restarts=-1, max_task_retries=3)
-            .remote(cfg)
-            for _ in range(pc.num_embedders)
-        ]
+        embedders = [self._new_stage("embedder", cfg) for _ in range(cfg.pipeline.num_embedders)]
         dim = ray.get(embedders[0].feature_dim.remote())
         calibration = ray.get(embedders[0].calibration.remote())
         derived = False
@@ -344,6 +474,7 @@ class Pipeline:
         for old in self.embedders:
             ray.kill(old)
         self.embedders, self.dim, self.cfg = embedders, dim, cfg
+        self._assign_stages()  # what a worker restarted from now on takes
         seconds = round(time.monotonic() - started, 1)
         log.info("rolled out %s as %s in %.1f s: %s", path, version, seconds, gallery)
         return {"model_version": version, "checkpoint": path, "dim": dim, "seconds": seconds,
@@ -394,7 +525,7 @@ class Pipeline:
             log.warning("pipeline shutdown was not clean: %s", exc)
         if self.lag is not None:
             self.lag.close()
-        for actor in [*self._actors, *self.embedders]:
+        for actor in [*self.workers, *self.detectors, *self.embedders, *self._actors]:
             ray.kill(actor)
         self._actors.clear()
         self.workers.clear()

@@ -17,6 +17,7 @@ the config gives.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -93,8 +94,17 @@ class LinkerStage:
         from reidstream.ids import id_base
         from reidstream.pipeline.linker import Linker
 
-        self.cfg = cfg
         self.dim = dim
+        self.store = None
+        if cfg.linker.state_dir:  # identities survive restarts: reidstream.pipeline.linker_state
+            from reidstream.pipeline.linker_state import LinkerStore
+
+            self.store = LinkerStore(cfg.linker.state_dir, cfg.linker.snapshot_interval_s)
+            saved = self.store.saved_shards()  # a scale may have changed the count since
+            if saved and saved != cfg.gallery.num_shards:
+                cfg = dataclasses.replace(
+                    cfg, gallery=dataclasses.replace(cfg.gallery, num_shards=saved))
+        self.cfg = cfg
         self.gallery = ShardedGallery.create(cfg.gallery, dim)
         self.linker = Linker(self.gallery, cfg.linker, calibration, id_base=id_base())
         self.journal = None
@@ -102,11 +112,7 @@ class LinkerStage:
             from reidstream.pipeline.journal import LinkJournal
 
             self.journal = LinkJournal(cfg.linker.journal)
-        self.store = None
-        if cfg.linker.state_dir:  # identities survive restarts: reidstream.pipeline.linker_state
-            from reidstream.pipeline.linker_state import LinkerStore
-
-            self.store = LinkerStore(cfg.linker.state_dir, cfg.linker.snapshot_interval_s)
+        if self.store is not None:
             self._restore("start")
 
     def link(self, observations: list, request_id: str = "") -> list:
@@ -161,6 +167,23 @@ class LinkerStage:
                      "left (its frames from %d on are tracked again)", gone, camera, from_ms)
         return gone
 
+    def reshard(self, num_shards: int) -> dict:
+        """Move every filed vector into a new gallery of ``num_shards`` shards (a scale): an
+        identity's shard depends on the shard count, so nothing can stay where it is."""
+        from reidstream.gallery import ShardedGallery
+
+        gallery_cfg = dataclasses.replace(self.cfg.gallery, num_shards=num_shards)
+        fresh = ShardedGallery.create(gallery_cfg, self.dim)
+        old, before = self.gallery, self.gallery.size()
+        moved = old.copy_to(fresh)
+        self.gallery = self.linker.gallery = fresh
+        self.cfg = dataclasses.replace(self.cfg, gallery=gallery_cfg)
+        old.shutdown()
+        if self.store is not None:  # a restore must find the new shard count
+            self._incarnations = self.gallery.incarnations()
+            self.store.snapshot(self.linker, self.gallery)
+        return {"vectors_before": before, "vectors_after": self.gallery.size(), "moved": moved}
+
     def shards(self) -> list:
         """The gallery's shard actors (the fault bench kills one)."""
         return list(self.gallery.shards)
@@ -193,7 +216,9 @@ class LinkerStage:
         return result
 
     def versions(self) -> dict:
-        return self.linker.versions()
+        """The gallery's model, tracks known and filed, vectors held, shards."""
+        return {**self.linker.versions(), "vectors": self.gallery.size(),
+                "shards": self.gallery.num_shards}
 
 
 class EventSink:
@@ -259,18 +284,33 @@ class CameraWorker:
         self,
         cfg: Config,
         index: int,
-        detector: Any,
-        embedder: Any,
-        linker: Any,
-        sink: Any,
+        detector: Any = None,
+        embedder: Any = None,
+        linker: Any = None,
+        sink: Any = None,
         harvest: Any = None,
+        *,
+        control: str = "",
     ) -> None:
+        """Stages given directly (in-process use), or with ``control`` (a consumer group)
+        taken from that pipeline's control actor: a restarted worker then gets the stages
+        the driver uses now, not those of its first start."""
         from reidstream.ids import id_base
         from reidstream.ingest.frame_source import FrameSource
 
         _limit_threads(cfg.pipeline.torch_threads)
         self.cfg = cfg
         self.index = index
+        self.model_version = model_version(cfg)
+        if control:
+            import ray
+
+            from reidstream.pipeline.control import find_control
+
+            stages = ray.get(find_control(control).stages.remote(index))
+            detector, embedder = stages["detector"], stages["embedder"]
+            linker, sink, harvest = stages["linker"], stages["sink"], stages["harvest"]
+            self.model_version = stages["model_version"]
         self.detector, self.embedder, self.linker, self.sink = detector, embedder, linker, sink
         self.harvest = harvest
         self.source = FrameSource(cfg.kafka, on_revoke=self._on_revoke)
@@ -285,7 +325,6 @@ class CameraWorker:
         self._last_seen: dict[str, float] = {}  # camera -> monotonic time of its last frame
         self._requests = itertools.count()  # link calls, named for the linker's retry check
         self._life = id_base()
-        self.model_version = model_version(cfg)
 
     def ready(self) -> bool:
         self.source.connect()
@@ -624,6 +663,16 @@ class CameraWorker:
             )
             self._sessions[camera] = new_session()
         return self.trackers[camera]
+
+    def use_stages(self, detector: Any, embedder: Any) -> None:
+        """A scale: other actors of the same models from the next step on (caches stay)."""
+        self.detector, self.embedder = detector, embedder
+
+    def leave(self) -> None:
+        """A scale down: leave the consumer group at once, ending nothing. Frames not yet
+        done stay uncommitted; their new owner reads them again with a new tracker life,
+        which supersedes this one's open tracks (as after a crash, docs/guarantees.md)."""
+        self.source.close()
 
     def switch_embedder(self, embedder: Any, model_version: str) -> None:
         """A roll-out: embed with the new model from the next step on. Cached crop vectors
