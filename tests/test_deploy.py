@@ -72,6 +72,8 @@ def test_deploy_places_scales_and_stops_on_a_multi_node_cluster(kafka_cfg, asset
     # metadata, runtime env or logs (this broker is PLAINTEXT, so it is never sent either).
     secret = "s3cret-" + os.urandom(6).hex()
     monkeypatch.setenv("REIDSTREAM_KAFKA_SASL_PASSWORD", secret)
+    # The job runs `reidstream run ...`: the nodes have the CLI on their PATH, as an image does.
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     with LocalCluster(head, nodes, connect=False) as cluster:
         address = cluster.address
         up = _deploy("up", "--cameras", "2", "--timeout", "300", cfg=cfg_file, address=address)
