@@ -296,7 +296,8 @@ def test_a_killed_worker_and_a_killed_gallery_shard_lose_nothing(pipeline_cfg, a
     assert again.records == 20
 
     pipeline = Pipeline(cfg).start()
-    injector = Injector([Fault("worker", 2.0), Fault("shard", 5.0)], broker_down_s=0)
+    injector = Injector([Fault("worker", 2.0), Fault("control", 3.5), Fault("shard", 5.0)],
+                        broker_down_s=0)
     thread = threading.Thread(target=injector, args=(pipeline, None), daemon=True)
     thread.start()
     try:
@@ -315,9 +316,10 @@ def test_a_killed_worker_and_a_killed_gallery_shard_lose_nothing(pipeline_cfg, a
         stats.bad_by_reason["corrupt_jpeg"]) >= 1  # a re-read after the kill counts it again
     assert 'reidstream_kafka_lag_frames{partition="0"}' in scraped
 
-    assert [f["kind"] for f in injector.done] == ["worker", "shard"]
+    assert [f["kind"] for f in injector.done] == ["worker", "control", "shard"]
     assert all(f["what"].startswith("killed") for f in injector.done), injector.done
     assert stats.restarts["worker"] >= 1  # the driver saw the worker go
+    assert stats.restarts["control"] == 1  # and gave the restarted control actor the stages
     # Every good frame went through at least once (a re-read repeats some); bad ones counted.
     assert stats.frames >= 2 * FRAMES + 20
     # Each bad record counted at least once (a re-read after the kill counts it again).

@@ -46,11 +46,12 @@ class PipelineControl:
         ``sink``, ``harvest``) and ``model_version``."""
         self._stages = stages
 
-    def stages(self, index: int) -> dict[str, Any]:
-        """What camera worker ``index`` uses now (asked when it starts or restarts)."""
+    def stages(self, index: int) -> dict[str, Any] | None:
+        """What camera worker ``index`` uses now (asked when it starts or restarts); None
+        until the driver has assigned them (this actor just restarted)."""
         s = self._stages
         if not s:
-            raise RuntimeError("the driver has not assigned stages yet")
+            return None
         return {"detector": s["detectors"][index % len(s["detectors"])],
                 "embedder": s["embedders"][index % len(s["embedders"])],
                 "linker": s["linker"], "sink": s["sink"], "harvest": s["harvest"],
@@ -63,8 +64,10 @@ class PipelineControl:
         self._pending.append(req)
         return req.id
 
-    def take(self) -> Request | None:
-        return self._pending.pop(0) if self._pending else None
+    def take(self) -> tuple[Request | None, bool]:
+        """The next request, and whether stages are assigned (False: this actor was
+        restarted, empty; the driver assigns them again)."""
+        return (self._pending.pop(0) if self._pending else None), bool(self._stages)
 
     def complete(self, request_id: int, result: dict[str, Any]) -> None:
         self._results[request_id] = result
@@ -81,17 +84,36 @@ class PipelineControl:
 
 def start_control(group_id: str, options: dict[str, Any] | None = None) -> Any:
     """The pipeline's control actor (a stale one of a dead driver is replaced); ``options``:
-    its Ray resources (placement)."""
+    its Ray resources (placement). It lives beside the driver where it can (a node lost with
+    the driver loses the pipeline anyway) and Ray restarts it, empty, wherever it died: the
+    driver then assigns the stages again (requests in it at that moment are lost)."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     name = control_name(group_id)
     with contextlib.suppress(ValueError):  # no such actor: nothing to replace
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+    beside_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                   soft=True)
     return (
         ray.remote(PipelineControl)
-        .options(**{"num_cpus": 0, **(options or {})}, name=name, namespace=NAMESPACE)
+        .options(**{"num_cpus": 0, **(options or {})}, name=name, namespace=NAMESPACE,
+                 max_restarts=-1, max_task_retries=-1, scheduling_strategy=beside_driver)
         .remote()
     )
+
+
+def stages_for(group_id: str, index: int, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Worker ``index``'s stages from the control actor, waiting while a restarted control
+    actor has not been given them again."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while (stages := ray.get(find_control(group_id).stages.remote(index))) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the driver of {group_id!r} assigned no stages in {timeout_s:g} s")
+        time.sleep(0.5)
+    return stages
 
 
 def find_control(group_id: str) -> Any:

@@ -4,8 +4,9 @@ The scene goes through twice, each time on a fresh broker and pipeline: once unt
 while a plan of faults is injected at set times after the pipeline's first frame is done
 (``--plan``; the default kills each kind once):
 
-- ``worker``, ``detector``, ``embedder``, ``linker``, ``sink``, ``shard``: that actor's process
-  is killed (``ray.kill``, the SIGKILL of a Ray actor) and Ray restarts it;
+- ``worker``, ``detector``, ``embedder``, ``linker``, ``sink``, ``shard``, ``control`` (the
+  pipeline's control actor): that actor's process is killed (``ray.kill``, the SIGKILL of a Ray
+  actor) and Ray restarts it;
 - ``broker``: the broker process is stopped (SIGSTOP) for ``--broker-down`` seconds and then
   continued: to every client it is gone, with nothing of its state lost;
 - ``node``: the whole Ray node that runs camera worker 0 dies (its raylet SIGKILLed, every
@@ -38,9 +39,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-KINDS = ("worker", "detector", "embedder", "shard", "linker", "sink", "broker", "node")
+KINDS = ("worker", "detector", "embedder", "shard", "linker", "sink", "control", "broker",
+         "node")
 DEFAULT_PLAN = ("worker@20,detector@35,embedder@50,shard@65,linker@80,sink@95,broker@110,"
-                "node@140")
+                "control@135,node@145")
 # The worker nodes of a plan with a node fault: camera workers, detector and embedder ask for
 # this resource, so they live (and restart) on worker nodes, never on the head.
 WORKER_NODE = "reidstream_bench_worker_node"
@@ -119,6 +121,7 @@ class Injector:
             "embedder": lambda: pipeline.embedders[0],
             "linker": lambda: pipeline.linker,
             "sink": lambda: pipeline.sink,
+            "control": lambda: pipeline.control,
             "shard": lambda: ray.get(pipeline.linker.shards.remote(), timeout=30)[0],
         }[kind]()
         ray.kill(actor, no_restart=False)

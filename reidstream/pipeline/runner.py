@@ -292,7 +292,11 @@ class Pipeline:
         request = None  # a roll-out or scale waiting for the steps in flight to finish
         while in_flight or waiting or request is not None:
             if request is None:
-                request = ray.get(self.control.take.remote())
+                request, assigned = ray.get(self.control.take.remote())
+                if not assigned:  # Ray restarted the control actor, empty
+                    log.warning("the control actor was restarted: assigning the stages again")
+                    self._assign_stages()
+                    self.stats.restarts["control"] += 1
             if request is not None and request.kind == "stop":  # drain: no new steps
                 self.stop()
                 self.control.complete.remote(request.id, {"ok": True, "stopping": True})

@@ -303,11 +303,9 @@ class CameraWorker:
         self.index = index
         self.model_version = model_version(cfg)
         if control:
-            import ray
+            from reidstream.pipeline.control import stages_for
 
-            from reidstream.pipeline.control import find_control
-
-            stages = ray.get(find_control(control).stages.remote(index))
+            stages = stages_for(control, index)
             detector, embedder = stages["detector"], stages["embedder"]
             linker, sink, harvest = stages["linker"], stages["sink"], stages["harvest"]
             self.model_version = stages["model_version"]
