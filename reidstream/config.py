@@ -196,6 +196,27 @@ class SpclConfig:
 
 
 @dataclass
+class DGNetConfig:
+    teacher: str
+    structure_dim: int
+    base_channels: int
+    res_blocks: int
+    disc_scales: int
+    disc_base: int
+    gen_lr: float
+    dis_lr: float
+    image_recon: float
+    code_recon: float
+    self_identity: float
+    cross_identity: float
+    adversarial: float
+    primary: float
+    fine_ratio: float
+    discriminative_start: int
+    primary_ramp: int
+
+
+@dataclass
 class PaulConfig:
     temperature: float
     neighbours: int
@@ -432,6 +453,7 @@ class Config:
     train: TrainConfig
     spcl: SpclConfig
     paul: PaulConfig
+    dgnet: DGNetConfig
     calibration: CalibrationConfig
     pipeline: PipelineConfig
     linker: LinkerConfig

@@ -304,7 +304,7 @@ def pipeline_actor_asks(cfg: Any) -> list[dict[str, float]]:
     """Every actor the pipeline starts, embedders twice (a roll-out overlaps them), as the
     resources it asks Ray for."""
     from reidstream.gallery.shard import shard_options
-    from reidstream.pipeline.runner import actor_options
+    from reidstream.pipeline.placement import actor_options
 
     pc = cfg.pipeline
     kinds = [(pc.num_detectors, actor_options(cfg, "detector")),
@@ -321,7 +321,7 @@ def test_pipeline_fits_the_cluster_at_its_minimum_size(name: str) -> None:
     """Every actor finds a node of the right type without waiting for the autoscaler:
     first-fit over the nodes the cluster starts with, largest asks first."""
     from reidstream.config import load_config
-    from reidstream.pipeline.runner import check_placement
+    from reidstream.pipeline.placement import check_placement
 
     cfg, config = load_config(PIPELINE), prepared(name)
     nodes = []

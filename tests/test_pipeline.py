@@ -243,7 +243,7 @@ def time_now() -> float:
 def test_actors_that_cannot_all_start_are_refused_up_front():
     """Ray would leave an actor whose CPUs are not free pending for ever: a hang, not an
     error. The defaults fit a 2-CPU machine with room for a roll-out's second embedder."""
-    from reidstream.pipeline.runner import check_placement
+    from reidstream.pipeline.placement import check_placement
 
     cfg = load_config()
     check_placement(cfg, {"CPU": 2.0})

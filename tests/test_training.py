@@ -120,6 +120,49 @@ def test_warmup_cosine_schedule():
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
+def test_several_optimizers_step_apart_and_resume_whole():
+    """A GAN's generator and discriminator: each step moves only its own parameters, both
+    schedules advance every batch, and the state of both comes back on resume."""
+    from reidstream.training.optim import Optimization, param_groups
+    from reidstream.training.state import optimization_state
+
+    cfg = load_config(None, ["train.lr=0.01", "train.warmup_epochs=1", "train.epochs=4",
+                             "train.grad_clip=1.0"]).train
+    gen, dis = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
+
+    def build():
+        return Optimization({"gen": param_groups(gen, cfg), "dis": param_groups(dis, cfg)},
+                            cfg, steps_per_epoch=10, clock=None, fp16=False)
+
+    opt = build()
+    x = torch.randn(8, 4)
+    gen_before, dis_before = gen.weight.detach().clone(), dis.weight.detach().clone()
+    opt.step("dis", dis(gen(x).detach()).mean())
+    assert torch.equal(gen.weight, gen_before) and not torch.equal(dis.weight, dis_before)
+    dis_after = dis.weight.detach().clone()
+    opt.step("gen", -dis(gen(x)).mean())
+    assert not torch.equal(gen.weight, gen_before)
+    assert torch.equal(dis.weight, dis_after)  # the generator's step leaves D alone
+    lr_before = opt.lr
+    opt.schedule()
+    assert opt.lr > lr_before  # warm-up: both schedules moved on
+    lrs = {name: o.param_groups[0]["lr"] for name, o in opt.optimizers.items()}
+    assert lrs["dis"] == lrs["gen"]
+
+    state = opt.state_dict()
+    again = build()
+    again.load_state_dict(state)
+    assert again.lr == opt.lr
+    moment = again.optimizers["gen"].state_dict()["state"][0]["exp_avg"]
+    assert torch.equal(moment, opt.optimizers["gen"].state_dict()["state"][0]["exp_avg"])
+    with pytest.raises(KeyError, match="optimizers"):
+        Optimization({"model": param_groups(gen, cfg)}, cfg, 10, None, False).load_state_dict(
+            state)
+    # A training state written before several optimizers is the "model" optimizer's.
+    old = {"optimizer": 1, "scheduler": 2, "scaler": 3, "progress": {}}
+    assert optimization_state(old) == {"model": {"optimizer": 1, "scheduler": 2, "scaler": 3}}
+
+
 def test_time_budget_schedule_follows_the_clock():
     """With ``max_minutes`` the lr follows the share of the budget spent, not the step count."""
     cfg = load_config(
@@ -316,6 +359,46 @@ def test_two_worker_run_survives_a_killed_worker(ray_local, assets_dir, data_dir
 
 
 @pytest.mark.slow
+def test_dgnet_two_workers_train_generate_and_resume(ray_local, assets_dir, data_dir, tmp_path):
+    """DG-Net on 2 gloo workers: three optimizers step in turn on each rank (DDP keeps the
+    replicas equal), the discriminative terms switch on at step 2, every checkpoint carries
+    the generated-image grid, and an extended run resumes its loss schedule."""
+    from reidstream.training.job import config_for_resume, run_training
+
+    cfg = _tiny_cfg(
+        assets_dir, data_dir, tmp_path,
+        **{"model.name": "bot", "model.pretrained": "", "train.objective": "dgnet",
+           "train.workers": 2, "train.epochs": 2, "dgnet.structure_dim": 16,
+           "dgnet.base_channels": 8, "dgnet.res_blocks": 1, "dgnet.disc_base": 8,
+           "dgnet.disc_scales": 2, "dgnet.discriminative_start": 2, "dgnet.primary_ramp": 0},
+    )
+    outcome = run_training(cfg)
+    run_dir = tmp_path / "run"
+    history = _history(run_dir)
+    assert [h["step"] for h in history] == [2, 4]
+    assert all(math.isfinite(h[k]) for h in history for k in ("loss", "d_adv", "recon"))
+    assert "fine" not in history[0] and math.isfinite(history[1]["fine"])  # after step 2
+    assert (run_dir / "dgnet_generations.png").is_file()
+    from PIL import Image
+
+    assert Image.open(run_dir / "dgnet_generations.png").size == (8 * 34 + 2, 3 * 66 + 2)
+    (final,) = run_dir.glob("checkpoint_final*")
+    assert (final / "dgnet_generations.png").is_file()
+    state = torch.load(final / "train_state.pt", map_location="cpu", weights_only=True)
+    assert set(state["optimization"]) == {"model", "gen", "dis"}
+    assert int(state["loss_state"]["iteration"]) == 4
+    longer = config_for_resume(str(run_dir), ["train.epochs=3"])
+    run_training(longer, resume=True)
+    history = _history(run_dir)
+    assert [h["step"] for h in history] == [2, 4, 6]
+    assert [h["resumed_from_epoch"] for h in history] == [-1, -1, 2]
+    (final,) = run_dir.glob("checkpoint_final*")  # the extended run's: the schedule went on
+    state = torch.load(final / "train_state.pt", map_location="cpu", weights_only=True)
+    assert int(state["loss_state"]["iteration"]) == 6
+    assert outcome.metrics["epoch"] == 2
+
+
+@pytest.mark.slow
 def test_resume_extends_a_finished_run(ray_local, assets_dir, data_dir, tmp_path):
     """A 1-epoch DIMN run, then ``reidstream train --resume RUN_DIR train.epochs=2``: the
     second run starts from the first one's checkpoint (step and memory bank carried over)."""
@@ -363,7 +446,7 @@ def test_train_config_in_run_dataclass():
 
 @pytest.mark.parametrize(
     "name", ["transreid_hybrid_cpu", "transreid_tiny_cpu", "transreid_vitb16_gpu", "bot_cpu",
-             "dimn_cpu"],
+             "dimn_cpu", "dgnet_cpu", "dgnet_gpu"],
 )
 def test_shipped_configs_take_a_training_step(name, assets_dir, data_dir, tmp_path):
     """Every config in train/configs builds its model, data and objective and trains a step
@@ -372,7 +455,7 @@ def test_shipped_configs_take_a_training_step(name, assets_dir, data_dir, tmp_pa
     from reidstream.training.data import load_train_data
     from reidstream.training.loop import Rank, build_loader, build_run_model
     from reidstream.training.objectives import build_objective, objective_name
-    from reidstream.training.optim import build_optimizer, param_groups
+    from reidstream.training.optim import Optimization
 
     path = Path(__file__).resolve().parent.parent / "train" / "configs" / f"{name}.yaml"
     base = load_config(path)
@@ -390,6 +473,8 @@ def test_shipped_configs_take_a_training_step(name, assets_dir, data_dir, tmp_pa
     if name.endswith("gpu"):
         overrides["model.pretrained"] = ""
         overrides["model.depth"] = 2
+    if name.startswith("dgnet"):  # a teacher knows all 643 identities, this step six
+        overrides["dgnet.teacher"] = ""
     cfg = load_config(path, overrides)
     assets = Assets.from_config(cfg.assets)
     data = load_train_data(cfg, assets)
@@ -397,19 +482,19 @@ def test_shipped_configs_take_a_training_step(name, assets_dir, data_dir, tmp_pa
     objective = build_objective(model, cfg)
     _, loader = build_loader(cfg, data, objective_name(cfg.train, cfg.model.name),
                              Rank(0, 1, torch.device("cpu")))
-    optimizer = build_optimizer(param_groups(objective, cfg.train,
-                                             objective.center_parameters()), cfg.train)
-    images, pids, camids, _ = next(iter(loader))
+    opt = Optimization(objective.optimizer_groups(), cfg.train, 10, None, fp16=False)
+    images, pids, camids, index = next(iter(loader))
     objective.train()
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+
     # the step runs under bf16 autocast, as on a CPU with native bf16: the model computes in
     # bf16, the losses must still come out in fp32
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, parts = objective(images, pids, camids)
+    def forward(**phase):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return objective(images, pids, camids, index, **phase)
+
+    loss, parts = objective.train_step(forward, opt)
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and parts
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
     after = [p for p in model.parameters() if p.requires_grad]
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     assert base.train.name and base.train.epochs > 0

@@ -26,6 +26,7 @@ from collections import Counter
 from typing import Any
 
 from reidstream.cli import add_config_arguments, load_cli_config
+from reidstream.ingest.cli import add_kafka_arguments, apply_kafka_arguments
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def add_arguments_run_deploy(parser: argparse.ArgumentParser) -> None:
                        "or ray://HEAD:10001 (default: auto)")
         p.add_argument("--dashboard", default="", help="Ray job server URL (default: the "
                        "cluster's dashboard)")
-        p.add_argument("--bootstrap-servers", default=None, help="Kafka bootstrap servers")
+        add_kafka_arguments(p, group=True)  # the group names the pipeline
         p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
         if action == "up":
             p.add_argument("--cameras", type=int, default=0,
@@ -65,8 +66,7 @@ def add_arguments_run_deploy(parser: argparse.ArgumentParser) -> None:
 
 def run_deploy(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
-    if args.bootstrap_servers:
-        cfg.kafka.bootstrap_servers = args.bootstrap_servers
+    apply_kafka_arguments(cfg.kafka, args)
     dashboard = _connect(args.address, args.dashboard)
     return {"up": _up, "status": _status, "scale": _scale, "rollout": _rollout,
             "stop": _stop}[args.action](cfg, args, dashboard)

@@ -216,7 +216,8 @@ def collect_outcome(result, run_dir: Path, remote: bool) -> TrainOutcome:
         history = json.loads(history_path.read_text()) if history_path.is_file() else []
         if remote:
             return TrainOutcome(run_dir, None, metrics, history)
-        for fname in EXPORTED_FILES:
+        pictures = [p.name for p in folder.glob("*.png")]  # the objective's grids too
+        for fname in dict.fromkeys([*EXPORTED_FILES, *pictures]):
             if (folder / fname).is_file():
                 shutil.copy2(folder / fname, run_dir / fname)
     model = run_dir / MODEL_FILE

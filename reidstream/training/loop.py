@@ -33,12 +33,7 @@ from reidstream.training.objectives import (
     objective_class,
     objective_name,
 )
-from reidstream.training.optim import (
-    BudgetClock,
-    build_optimizer,
-    build_scheduler,
-    param_groups,
-)
+from reidstream.training.optim import BudgetClock, Optimization
 from reidstream.training.state import (
     HISTORY_FILE,
     METRICS_FILE,
@@ -46,6 +41,7 @@ from reidstream.training.state import (
     MODEL_FP32_FILE,
     Progress,
     load_train_state,
+    optimization_state,
     resume_model_file,
     save_train_state,
     write_json,
@@ -96,26 +92,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     if rank.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    optimizer = build_optimizer(
-        param_groups(objective, cfg.train, objective.center_parameters()), cfg.train
-    )
     clock = BudgetClock(cfg.train.max_minutes)
-    scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch, clock)
     precision = mixed_precision_dtype(rank.device, cpu_bf16=True) if cfg.train.amp else None
-    # bf16 keeps fp32's exponent range, so only fp16 needs loss scaling
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+    opt = Optimization(objective.optimizer_groups(), cfg.train, steps_per_epoch, clock,
+                       fp16=precision == torch.float16)
     if rank.is_main:
         log.info("mixed precision: %s", precision or "off (fp32)")
     progress = Progress()
     if state is not None:
-        progress = restore_optimization(state, optimizer, scheduler, scaler)
+        progress = restore_optimization(state, opt)
         if rank.is_main:
             log.info("resuming after epoch %d (step %d)", progress.epoch, progress.step)
     clock.update(progress.train_seconds)  # a resumed run continues where time left it
     start_epoch = progress.epoch
     if progress.finished and not clock.spent:
         progress.finished = False  # the time budget was raised since the run stopped
-    trainer = _Stepper(cfg, rank, ddp, objective, optimizer, scheduler, scaler, clock)
+    trainer = _Stepper(cfg, rank, ddp, objective, opt, clock)
     todo = max(0, cfg.train.epochs - start_epoch) * steps_per_epoch
     trainer.bar = progress_bar(rank, todo, bool(loop_config.get("progress", False)))
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -136,16 +128,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "step": progress.step,
             "resumed_from_epoch": start_epoch if resumed else -1,
             "time_budget_hit": int(stopped),
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": opt.lr,
             **stats,
         }
         progress.history.append(dict(metrics))
-        report_epoch(metrics, rank, objective, data, cfg, progress, optimizer, scheduler, scaler)
+        report_epoch(metrics, rank, objective, data, cfg, progress, opt)
     if trainer.bar is not None:
         trainer.bar.close()
     ctx = epoch_context(progress.epoch, rank, objective, data, cfg)
     extra_meta = {**objective.export_meta(ctx), **site_calibration_meta(ctx, data, cfg)}
-    finish(cfg, rank, objective, data, assets, progress, optimizer, scheduler, scaler, extra_meta)
+    finish(cfg, rank, objective, data, assets, progress, opt, extra_meta)
 
 
 def epoch_context(
@@ -338,29 +330,22 @@ def restore_weights(folder: Path, objective: Objective) -> dict[str, Any]:
     return state
 
 
-def restore_optimization(
-    state: dict[str, Any],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-) -> Progress:
-    """Optimizer moments, LR schedule position, grad scale and progress of a checkpoint.
+def restore_optimization(state: dict[str, Any], opt: Optimization) -> Progress:
+    """Optimizer moments, LR schedule positions, grad scales and progress of a checkpoint.
 
     A run extended to more epochs keeps its step count, so the cosine continues on the
     longer schedule from where the run stopped.
     """
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
+    opt.load_state_dict(optimization_state(state))
     return Progress.from_dict(state["progress"])
 
 
 class _Stepper:
     """One epoch of optimizer steps, with the progress bar, time budget and test fault hook."""
 
-    def __init__(self, cfg, rank, ddp, objective, optimizer, scheduler, scaler, clock):
+    def __init__(self, cfg, rank, ddp, objective, opt, clock):
         self.cfg, self.rank, self.ddp, self.objective = cfg, rank, ddp, objective
-        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.opt = opt
         self.clock = clock
         self.bar = None
         # chosen once, before any step: a layer new to this run learns its statistics throughout
@@ -389,16 +374,13 @@ class _Stepper:
             batch = batch.to(rank.device, non_blocking=True)
             pids = pids.to(rank.device, non_blocking=True)
             camids = camids.to(rank.device, non_blocking=True)
-            with autocast(rank.device, cfg.amp, cpu_bf16=True):
-                loss, parts = self.ddp(batch, pids, camids, index)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.objective.parameters(), cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+
+            def forward(batch=batch, pids=pids, camids=camids, index=index, **phase):
+                with autocast(rank.device, cfg.amp, cpu_bf16=True):
+                    return self.ddp(batch, pids, camids, index, **phase)
+
+            loss, parts = self.objective.train_step(forward, self.opt)
+            self.opt.schedule()
             self.objective.after_step()
             progress.step += 1
             images += batch.shape[0]
@@ -528,7 +510,7 @@ def _meta(cfg: Config, data: TrainData, progress: Progress) -> dict[str, Any]:
 
 
 def write_checkpoint(
-    folder: Path, objective, data, cfg, progress, optimizer, scheduler, scaler, half=False,
+    folder: Path, objective, data, cfg, progress, opt, half=False,
     extra_meta: dict[str, Any] | None = None,
 ) -> None:
     from reidstream.models import save_checkpoint
@@ -537,10 +519,14 @@ def write_checkpoint(
     save_checkpoint(folder / MODEL_FILE, objective.model, data.cameras, meta, half=half)
     if half:
         save_checkpoint(folder / MODEL_FP32_FILE, objective.model, data.cameras, meta)
-    save_train_state(folder, progress, optimizer, scheduler, scaler, objective.loss_state_dict())
+    save_train_state(folder, progress, opt.state_dict(), objective.loss_state_dict())
+    for name, (grid, per_row) in objective.pictures().items():  # e.g. DG-Net's generations
+        from torchvision.utils import save_image
+
+        save_image(grid, folder / name, nrow=per_row, padding=2)
 
 
-def report_epoch(metrics, rank, objective, data, cfg, progress, optimizer, scheduler, scaler):
+def report_epoch(metrics, rank, objective, data, cfg, progress, opt):
     import ray.train
 
     if not rank.is_main:
@@ -555,7 +541,7 @@ def report_epoch(metrics, rank, objective, data, cfg, progress, optimizer, sched
     )
     with tempfile.TemporaryDirectory(prefix="reidstream-ckpt-") as tmp:
         folder = Path(tmp)
-        write_checkpoint(folder, objective, data, cfg, progress, optimizer, scheduler, scaler)
+        write_checkpoint(folder, objective, data, cfg, progress, opt)
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
@@ -563,9 +549,7 @@ def report_epoch(metrics, rank, objective, data, cfg, progress, optimizer, sched
         )
 
 
-def finish(
-    cfg, rank, objective, data, assets, progress, optimizer, scheduler, scaler, extra_meta=None
-) -> None:
+def finish(cfg, rank, objective, data, assets, progress, opt, extra_meta=None) -> None:
     """Rank 0 exports ``model.pt``, evaluates it and reports both as the final checkpoint."""
     import ray.train
 
@@ -580,9 +564,7 @@ def finish(
             data,
             cfg,
             progress,
-            optimizer,
-            scheduler,
-            scaler,
+            opt,
             half=cfg.train.export_half,
             extra_meta=extra_meta,
         )

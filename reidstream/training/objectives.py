@@ -35,10 +35,13 @@ def objective_name(cfg: TrainConfig, model_name: str) -> str:
 class Objective(nn.Module):
     """``forward(images, pids, camids, index) -> (loss, {part: value})``; hooks around it.
 
-    Hooks, all run on every rank: :meth:`start_epoch` before each epoch (re-clustering;
-    returning new labels re-draws the batches), :meth:`after_step` after each optimizer step
-    (memory banks), :meth:`export_meta` at the end (what the exported checkpoint should also
-    carry). ``index`` is each sample's position in the training records.
+    Hooks, all run on every rank: :meth:`optimizer_groups` (one optimizer, or several: a
+    GAN's generator and discriminator), :meth:`train_step` (what one batch does with them),
+    :meth:`start_epoch` before each epoch (re-clustering; returning new labels re-draws the
+    batches), :meth:`after_step` after each batch's steps (memory banks), :meth:`pictures`
+    with every checkpoint (generated-image grids), :meth:`export_meta` at the end (what the
+    exported checkpoint should also carry). ``index`` is each sample's
+    position in the training records.
     """
 
     uses_classifier = True  # False: the model is built without ID classifier heads
@@ -61,12 +64,33 @@ class Objective(nn.Module):
         """Parameters the optimizer should give ``train.center_lr`` (none by default)."""
         return []
 
+    def optimizer_groups(self) -> dict[str, list[dict]]:
+        """Parameter groups per optimizer, by name: one ``model`` optimizer over everything
+        trainable by default (see :class:`reidstream.training.optim.Optimization`)."""
+        from reidstream.training.optim import param_groups
+
+        return {"model": param_groups(self, self.cfg, self.center_parameters())}
+
+    def train_step(self, forward: Any, optimization: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """One batch. ``forward(**kwargs)`` runs this objective through DDP under autocast
+        and returns ``(loss, parts)``. By default: one backward and step of ``model``; a
+        GAN steps its discriminator and then its generator here, calling ``forward`` with a
+        phase for each."""
+        loss, parts = forward()
+        optimization.step("model", loss)
+        return loss, parts
+
     def start_epoch(self, ctx: EpochContext) -> np.ndarray | None:
         """Before each epoch: new labels for the sampled records (pseudo-labels), or None."""
         return None
 
     def after_step(self) -> None:
         """Called once per step after the optimizer step (memory banks, EMA, ...)."""
+
+    def pictures(self) -> dict[str, tuple[Tensor, int]]:
+        """Images to write into every checkpoint folder (rank 0): ``{file name: (images in
+        [0, 1] as [N, 3, H, W], images per row)}``. None by default."""
+        return {}
 
     def export_meta(self, ctx: EpochContext) -> dict[str, Any]:
         """Extra ``meta`` for the exported checkpoint (site calibration, ...)."""
@@ -241,6 +265,7 @@ class EpisodicObjective(Objective):
 def objective_class(cfg: TrainConfig, model_name: str) -> type[Objective]:
     """The registered class of the run's objective (site-adaptation ones included)."""
     import reidstream.adaptation.objectives  # noqa: F401  (registers spcl, paul)
+    import reidstream.generative.objective  # noqa: F401  (registers dgnet)
 
     return OBJECTIVES.get(objective_name(cfg, model_name))
 

@@ -119,3 +119,70 @@ def build_scheduler(
         return warmup_cosine(step, total, warmup, cfg.warmup_factor, cfg.final_lr_factor)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, by_step)
+
+
+class Optimization:
+    """A run's optimizers by name, each with its LR schedule and loss scaler.
+
+    Most objectives train one (``"model"``); a GAN trains its generator and discriminator with
+    one each and steps them in turn (:meth:`Objective.train_step`). Every rank builds the same
+    names from the same parameters, so DDP's gradient averaging applies to each step alike.
+    """
+
+    def __init__(
+        self,
+        groups: dict[str, list[dict]],
+        cfg: TrainConfig,
+        steps_per_epoch: int,
+        clock: BudgetClock | None,
+        fp16: bool,
+    ) -> None:
+        if not groups:
+            raise ValueError("an objective must name at least one optimizer")
+        self.grad_clip = cfg.grad_clip
+        self.optimizers = {name: build_optimizer(g, cfg) for name, g in groups.items()}
+        self.schedulers = {name: build_scheduler(o, cfg, steps_per_epoch, clock)
+                           for name, o in self.optimizers.items()}
+        # bf16 keeps fp32's exponent range, so only fp16 needs loss scaling
+        self.scalers = {name: torch.amp.GradScaler("cuda", enabled=fp16) for name in groups}
+
+    def step(self, names: str | tuple[str, ...], loss: torch.Tensor) -> None:
+        """Backward ``loss`` once and step the optimizer(s) ``names`` (their gradients only:
+        zeroed first). Several names share one loss (a GAN's generator and the encoder it
+        trains with), and then the first one's loss scaler."""
+        names = (names,) if isinstance(names, str) else tuple(names)
+        optimizers = [self.optimizers[n] for n in names]
+        scaler = self.scalers[names[0]]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        for optimizer in optimizers:
+            if self.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            scaler.step(optimizer)
+        scaler.update()
+
+    def schedule(self) -> None:
+        """Every schedule one iteration on (after each batch, whatever was stepped)."""
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+
+    @property
+    def lr(self) -> float:
+        return next(iter(self.optimizers.values())).param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, dict]:
+        return {name: {"optimizer": self.optimizers[name].state_dict(),
+                       "scheduler": self.schedulers[name].state_dict(),
+                       "scaler": self.scalers[name].state_dict()} for name in self.optimizers}
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        if set(state) != set(self.optimizers):
+            raise KeyError(f"training state has optimizers {sorted(state)}, this objective "
+                           f"{sorted(self.optimizers)}")
+        for name, parts in state.items():
+            self.optimizers[name].load_state_dict(parts["optimizer"])
+            self.schedulers[name].load_state_dict(parts["scheduler"])
+            self.scalers[name].load_state_dict(parts["scaler"])

@@ -4,7 +4,7 @@ Layout of every checkpoint folder Ray Train persists:
 
 - ``model.pt``: the model in the project's own checkpoint format (``save_checkpoint``), so any
   checkpoint of a run can be evaluated or served as it is;
-- ``train_state.pt``: optimizer, LR schedule, grad scaler, loss state (center-loss centers),
+- ``train_state.pt``: optimizers, LR schedules, grad scalers (by name), loss state (centers),
   epoch, global step, accumulated training time and the per-epoch history;
 - the final one adds ``metrics.json`` (evaluation), ``history.json`` and, when ``model.pt`` is
   exported in fp16, ``model_fp32.pt`` so that extending a finished run loses no precision.
@@ -61,23 +61,28 @@ class Progress:
 def save_train_state(
     folder: Path,
     progress: Progress,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
+    optimization: dict[str, dict],
     loss_state: dict[str, torch.Tensor],
 ) -> Path:
+    """``optimization``: ``Optimization.state_dict()`` (optimizer, schedule, scaler by name)."""
     path = Path(folder) / STATE_FILE
     torch.save(
         {
             "progress": progress.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
+            "optimization": optimization,
             "loss_state": {k: v.detach().cpu() for k, v in loss_state.items()},
         },
         path,
     )
     return path
+
+
+def optimization_state(state: dict[str, Any]) -> dict[str, dict]:
+    """The optimizers' state of a training state; one written before several optimizers
+    (one ``optimizer`` / ``scheduler`` / ``scaler``) is the ``model`` optimizer's."""
+    if "optimization" in state:
+        return state["optimization"]
+    return {"model": {k: state[k] for k in ("optimizer", "scheduler", "scaler")}}
 
 
 def load_train_state(folder: Path) -> dict[str, Any]:
