@@ -290,11 +290,14 @@ class Pipeline:
         and rates, Kafka lag per partition (when the metrics endpoint reads it)."""
         lag = self.lag() if self.lag is not None else {}
         return {
-            "workers": len(self.workers), "detectors": len(self.detectors),
-            "embedders": len(self.embedders), "shards": self.cfg.gallery.num_shards,
-            "backends": dict(self.backends), "model_version": model_version(self.cfg),
-            "stats": self.stats.summary(), "lag": {str(p): n for p, n in lag.items()},
+            **self._counts(), "backends": dict(self.backends),
+            "model_version": model_version(self.cfg), "stats": self.stats.summary(),
+            "lag": {str(p): n for p, n in lag.items()},
         }
+
+    def _counts(self) -> dict[str, int]:
+        return {"workers": len(self.workers), "detectors": len(self.detectors),
+                "embedders": len(self.embedders), "shards": self.cfg.gallery.num_shards}
 
     def _worker_failed(self, worker: Any, exc: Exception, delay: float) -> None:
         """A dead worker is being restarted by Ray; one whose step failed is restarted here
@@ -350,9 +353,7 @@ class Pipeline:
         pc.num_embedders = embedders or pc.num_embedders
         cfg.gallery.num_shards = shards or cfg.gallery.num_shards
         check_placement(cfg, ray.cluster_resources())  # refused before anything changes
-        before = {"workers": len(self.workers), "detectors": len(self.detectors),
-                  "embedders": len(self.embedders), "shards": self.cfg.gallery.num_shards,
-                  "linker": ray.get(self.linker.versions.remote())}
+        before = {**self._counts(), "linker": ray.get(self.linker.versions.remote())}
         self.cfg = cfg
         self.detectors = self._resize(self.detectors, pc.num_detectors, "detector")
         self.embedders = self._resize(self.embedders, pc.num_embedders, "embedder")
@@ -373,9 +374,7 @@ class Pipeline:
             joining = [self._new_worker(i) for i in range(len(self.workers), pc.num_workers)]
             ray.get([w.ready.remote() for w in joining])
             self.workers += joining
-        after = {"workers": len(self.workers), "detectors": len(self.detectors),
-                 "embedders": len(self.embedders), "shards": cfg.gallery.num_shards,
-                 "linker": ray.get(self.linker.versions.remote())}
+        after = {**self._counts(), "linker": ray.get(self.linker.versions.remote())}
         seconds = round(time.monotonic() - started, 1)
         log.info("scaled %s -> %s in %.1f s", before, after, seconds)
         return {"before": before, "after": after, "seconds": seconds}
