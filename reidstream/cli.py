@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                   "calibrate a checkpoint for a site from its harvest"),
     "export": ("reidstream.inference.cli", "run_export",
                "export the detector and embedder to ONNX, check them in every runtime"),
+    "generate": ("reidstream.generative.swap", "run_generate",
+                 "swap appearance and structure with a dgnet / gcl run; check colour and pose"),
     "doctor": ("reidstream.doctor", "run_doctor",
                "what this node has (GPU, FAISS, runtimes, Ray, broker, assets) and its roles"),
 }

@@ -78,6 +78,9 @@ class DataConfig:
     degrade_min_height: int
     degrade_jpeg_quality: list[int]
     camera_transfer: float
+    infrared_proxy_cameras: list[int]
+    trial: int
+    sysu_search: str
     mean: list[float]
     std: list[float]
 
@@ -98,6 +101,7 @@ class EvalConfig:
     camera_names: list[str]
     max_queries: int
     max_gallery: int
+    protocol: str
     output_dir: str
     plot_queries: int
     plot_topk: int
@@ -196,8 +200,10 @@ class SpclConfig:
 
 
 @dataclass
-class DGNetConfig:
-    teacher: str
+class GeneratorConfig:
+    """What every generative objective's section has: the generator's and discriminator's
+    sizes and learning rates, and the generation losses' weights."""
+
     structure_dim: int
     base_channels: int
     res_blocks: int
@@ -207,13 +213,27 @@ class DGNetConfig:
     dis_lr: float
     image_recon: float
     code_recon: float
+    adversarial: float
+
+
+@dataclass
+class DGNetConfig(GeneratorConfig):
+    teacher: str
     self_identity: float
     cross_identity: float
-    adversarial: float
     primary: float
     fine_ratio: float
     discriminative_start: int
     primary_ramp: int
+
+
+@dataclass
+class GCLConfig(GeneratorConfig):
+    view_contrast: float
+    joint_start: int
+    joint_ramp: int
+    views: list[str]
+    max_shift: float
 
 
 @dataclass
@@ -277,6 +297,7 @@ class TrackingConfig:
 class PipelineConfig:
     ray_address: str
     default_fps: float
+    infrared_cameras: list[str]
     num_workers: int
     num_detectors: int
     num_embedders: int
@@ -454,6 +475,7 @@ class Config:
     spcl: SpclConfig
     paul: PaulConfig
     dgnet: DGNetConfig
+    gcl: GCLConfig
     calibration: CalibrationConfig
     pipeline: PipelineConfig
     linker: LinkerConfig

@@ -116,6 +116,25 @@ def test_camera_names_ints_aliases_and_unknown(crops, caplog):
         strict.embed(x, ["garage", "c1"])
 
 
+def test_infrared_frames_take_the_models_infrared_row(crops):
+    """A camera without a row of its own whose frames are infrared takes the model's
+    ``infrared`` row; a camera with a row keeps it; without such a row, the fallback."""
+    model = sie_model()
+    emb = Embedder(model, CameraRegistry(["c1", "infrared"]), mean=MEAN, std=STD, device="cpu")
+    x = crops[:2]
+    night = emb.embed(x, ["yard", "yard"], ["infrared", "infrared"])
+    assert np.array_equal(night, emb.embed(x, ["infrared", "infrared"]))
+    assert np.array_equal(emb.embed(x, ["yard", "yard"], ["visible", "visible"]),
+                          emb.embed(x, ["yard", "yard"]))  # unknown: the fallback
+    assert np.array_equal(emb.embed(x, ["c1", "c1"], ["infrared", "infrared"]),
+                          emb.embed(x, ["c1", "c1"]))  # its own row first
+    plain = Embedder(model, CameraRegistry(["c1", "c2"]), mean=MEAN, std=STD, device="cpu")
+    assert np.array_equal(plain.embed(x, ["yard", "yard"], ["infrared", "infrared"]),
+                          plain.embed(x, ["yard", "yard"]))
+    with pytest.raises(ValueError, match="modalities"):
+        emb.embed(x, ["c1", "c1"], ["infrared"])
+
+
 def test_from_checkpoint_and_from_config(tmp_path, crops, assets):
     model = sie_model()
     reference = Embedder(model, ["c1", "c2"], mean=MEAN, std=STD, device="cpu")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -366,8 +367,9 @@ def test_rollout_re_embeds_stored_crops_into_a_new_gallery_generation() -> None:
     new_dim = 8
     seen = []
 
-    def embed(images, cameras):  # the "new model": an embedding of the crop's colour
+    def embed(images, cameras, modalities=None):  # the "new model": the crop's colour
         seen.extend(cameras)
+        assert modalities in (None, ["visible"] * len(cameras))
         out = np.stack([np.resize(img.reshape(-1, 3).mean(0), new_dim) for img in images])
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
@@ -497,3 +499,31 @@ def test_a_new_tracker_life_supersedes_the_old_lifes_open_tracks(supersede: bool
     new = linker.link([_obs("cam1", 1001, _view(p, rng), 2000, 5000)])[0]
     assert new.is_match is supersede
     assert (new.global_id == cam2.global_id) is supersede
+
+
+def test_events_say_which_modalities_they_link(linker: Linker) -> None:
+    """A visible camera's track and an infrared camera's track of one person: the match event
+    names both modalities (either end), survives the wire, and a journal record keeps it."""
+    from reidstream.ingest.wire import MatchEvent
+    from reidstream.pipeline.observation import from_record, to_record
+
+    rng = np.random.default_rng(7)
+    alice = _person(rng)
+    day = _obs("gate", 1, _view(alice, rng), 0, 1000)
+    night = dataclasses.replace(_obs("gate-ir", 4, _view(alice, rng), 2000, 3000),
+                                modality="infrared")
+    (first,) = linker.link([day])
+    assert not first.is_match
+    (match,) = linker.link([night])
+    assert match.is_match and match.matched_camera == "gate"
+    event = match.event("v1")
+    assert (event.modality, event.matched_modality) == ("infrared", "visible")
+    back = MatchEvent.from_json(event.to_json())
+    assert (back.modality, back.matched_modality) == ("infrared", "visible")
+    assert back.event_id == event.event_id
+    older = json.loads(event.to_json())
+    del older["modality"], older["matched_modality"]  # an event from before the fields
+    assert MatchEvent.from_json(json.dumps(older)).modality == "visible"
+    with pytest.raises(ValueError, match="modality must be one of"):
+        dataclasses.replace(event, modality="thermal")
+    assert from_record(to_record(night, 0)).modality == "infrared"

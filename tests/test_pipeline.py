@@ -159,6 +159,45 @@ def test_pipeline_links_people_across_cameras_and_survives_bad_input(
     assert committed == next_offset
 
 
+def test_an_infrared_camera_links_to_a_visible_one_and_events_say_so(pipeline_cfg, assets):
+    """cam1 visible; cam2 the other view through the infrared proxy, its frames headed
+    ``modality: infrared``; cam3 a third view whose frames carry no header, declared infrared
+    by ``pipeline.infrared_cameras``. Through the real broker, Ray and weights: tracks of the
+    infrared cameras link to visible ones, and every event names both ends' modalities."""
+    from reidstream.data.crossmodal import infrared_proxy
+    from reidstream.ingest.kafka_clients import ensure_topics
+    from reidstream.ingest.publisher import publish, view_left, view_right
+    from reidstream.ingest.wire import MatchEvent
+    from reidstream.pipeline import Pipeline
+
+    cfg = pipeline_cfg
+    cfg.kafka = dataclasses.replace(cfg.kafka, cameras=["cam1", "cam2", "cam3"])
+    cfg.pipeline.infrared_cameras = ["cam3"]
+    cfg.linker.threshold = 0.45  # the shipped model never trained on infrared: a lower bar
+    ensure_topics(cfg.kafka, partitions=2)
+    video = str(assets.asset("vtest.avi"))
+    publish(cfg.kafka, video, {"cam1": view_left}, fps=0, max_frames=FRAMES)
+    publish(cfg.kafka, video, {"cam2": lambda f: infrared_proxy(view_right(f), 0)}, fps=0,
+            max_frames=FRAMES, modality="infrared")
+    publish(cfg.kafka, video, {"cam3": lambda f: infrared_proxy(view_left(f), 1)}, fps=0,
+            max_frames=FRAMES)
+    pipeline = Pipeline(cfg).start()
+    try:
+        stats = pipeline.run()
+    finally:
+        pipeline.shutdown()
+    assert stats.frames == 3 * FRAMES
+    events = [MatchEvent.from_json(v) for v in _read_all(cfg, cfg.kafka.events_topic)]
+    modality = {"cam1": "visible", "cam2": "infrared", "cam3": "infrared"}
+    for event in events:
+        assert event.modality == modality[event.camera]
+        assert event.matched_modality == modality[event.matched_camera]
+    crossing = [e for e in events if e.kind == "match" and {e.modality, e.matched_modality}
+                == {"visible", "infrared"}]
+    assert {e.camera for e in crossing} | {e.matched_camera for e in crossing} >= {"cam1"}
+    assert crossing, "people seen by a visible and an infrared camera must be linked"
+
+
 @pytest.mark.slow
 def test_rollout_mid_stream_loses_no_frame_and_never_mixes_models(pipeline_cfg, assets, tmp_path):
     """A new checkpoint rolled out while frames flow through the real broker and Ray: every

@@ -396,6 +396,59 @@ def test_dgnet_two_workers_train_generate_and_resume(ray_local, assets_dir, data
     state = torch.load(final / "train_state.pt", map_location="cpu", weights_only=True)
     assert int(state["loss_state"]["iteration"]) == 6
     assert outcome.metrics["epoch"] == 2
+    # `reidstream generate RUN`: the run's generator swaps test people and scores the swaps
+    from reidstream.cli import main
+
+    assert main(["generate", str(run_dir), "--dataset", "cuhk03-labeled", "--people", "4",
+                 "--show", "3"]) == 0
+    assert Image.open(run_dir / "swap_matrix.png").size == (4 * 34 + 2, 4 * 66 + 2)
+    import yaml
+
+    from reidstream.generative.swap import load_trained_generator
+
+    plain = tmp_path / "supervised-run"
+    plain.mkdir()
+    (plain / "config.yaml").write_text(yaml.safe_dump(load_config().to_dict()))
+    with pytest.raises(ValueError, match="has no generator"):
+        load_trained_generator(plain)
+
+
+@pytest.mark.slow
+def test_gcl_two_workers_on_a_harvest_with_one_memory_and_resume(
+    ray_local, assets_dir, data_dir, tmp_path
+):
+    """GCL without labels on 2 gloo workers, a real harvest as the target: generator and
+    discriminator step on every rank, both ranks end with one memory, every checkpoint has
+    the views picture, and an extended run resumes the generator's schedule."""
+    from reidstream.models import load_checkpoint
+    from reidstream.training.job import config_for_resume, run_training
+
+    harvest = _site_harvest(data_dir, tmp_path / "harvest")
+    cfg = _tiny_cfg(
+        assets_dir, data_dir, tmp_path,
+        **{"model.name": "bot", "model.pretrained": "", "train.objective": "gcl",
+           "spcl.mode": "unsupervised", "train.workers": 2, "train.epochs": 2,
+           "data.target": str(harvest), "spcl.k1": 4, "spcl.k2": 2, "spcl.min_samples": 2,
+           "gcl.structure_dim": 16, "gcl.base_channels": 8, "gcl.res_blocks": 1,
+           "gcl.disc_base": 8, "gcl.disc_scales": 2, "gcl.joint_start": 2,
+           "calibration.min_pairs": 2, "train.export_half": False},
+    )
+    outcome = run_training(cfg)
+    run_dir = outcome.run_dir
+    history = _history(run_dir)
+    assert [h["step"] for h in history] == [2, 4]
+    assert all(math.isfinite(h[k]) for h in history
+               for k in ("loss", "contrast", "view_contrast", "recon", "d_adv"))
+    assert (run_dir / "gcl_views.png").is_file()
+    loaded = load_checkpoint(outcome.model_path)
+    assert loaded.meta["spcl"]["ranks_with_one_memory"] == 2
+    assert loaded.cameras.to_list() == ["gate", "lobby"]
+    longer = config_for_resume(str(run_dir), ["train.epochs=3"])
+    run_training(longer, resume=True)
+    (final,) = run_dir.glob("checkpoint_final*")
+    state = torch.load(final / "train_state.pt", map_location="cpu", weights_only=True)
+    assert set(state["optimization"]) == {"model", "gen", "dis"}
+    assert int(state["loss_state"]["iteration"]) == 6
 
 
 @pytest.mark.slow

@@ -137,13 +137,19 @@ class SpCLObjective(Objective):
             raise ValueError("spcl needs the dataset index of every sample")
         out = self.model(images, camids)
         with full_precision(images.device):
-            feats = F.normalize(out.extras["embedding"].float(), dim=1)
-            is_target, targets = self._targets(index)
-            loss, acc = self.memory.loss(
-                feats, is_target.to(feats.device), targets.to(feats.device)
-            )
+            loss, acc, feats = self.contrast(out.extras["embedding"], index)
         self._pending = (feats.detach(), index.detach())
         return loss, {"contrast": loss.detach(), "acc": acc}
+
+    def contrast(self, embedding: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(unified contrastive loss, accuracy, L2-normalised features) of a batch's
+        embeddings against the memory entries of the dataset records ``index``."""
+        if self.memory is None:
+            raise RuntimeError("spcl: start_epoch must run before the first step")
+        feats = F.normalize(embedding.float(), dim=1)
+        is_target, targets = self._targets(index)
+        loss, acc = self.memory.loss(feats, is_target.to(feats.device), targets.to(feats.device))
+        return loss, acc, feats
 
     def _targets(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """(is a target sample, its target sample index or source class) for dataset indices."""

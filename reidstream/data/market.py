@@ -29,6 +29,8 @@ _NAME = re.compile(r"^(-?\d+)_c(\d+)(?:s\d+)?_")
 
 
 UNLABELLED = -1  # pid of a target-domain image (site adaptation: labels unknown)
+VISIBLE, INFRARED = 0, 1  # ImageRecord.modality (visible-infrared sets: reidstream.data.crossmodal)
+INFRARED_PROXY = "infrared-proxy"  # ImageRecord.render of a visible image shown as infrared
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class ImageRecord:
     track: int = -1
     start_ms: int = 0
     end_ms: int = 0
+    modality: int = VISIBLE  # or INFRARED
+    render: str = ""  # how the image is rendered at load time ("": as stored; an infrared proxy)
 
 
 def parse_market_name(name: str) -> tuple[int, int] | None:
@@ -148,6 +152,9 @@ class ReIDDataset:
     query: Sequence[ImageRecord]
     gallery: Sequence[ImageRecord]
     domain_names: list[str] = field(default_factory=list)
+    # (query camid, gallery camid): that gallery camera does not count for that camera's
+    # queries (SYSU-MM01: cameras 2 and 3 share a room)
+    ignored_camera_pairs: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def num_train_pids(self) -> int:
@@ -188,6 +195,8 @@ DATASETS: Registry[DatasetBuilder] = Registry("dataset layout")
 @DATASETS.register("market1501")
 def build_market1501(root: Path, cfg: DataConfig, name: str | None = None) -> ReIDDataset:
     """A Market-1501 layout folder; CUHK03 (labeled/detected) in ../shared/data is one too.
+    ``data.infrared_proxy_cameras`` turn cameras into the labelled infrared proxy
+    (:mod:`reidstream.data.crossmodal`).
 
     Absent split folders become :class:`MissingSplit` (an error when used), so an evaluation
     set needs no train folder; a folder with none of the three is not this layout at all.
@@ -200,8 +209,10 @@ def build_market1501(root: Path, cfg: DataConfig, name: str | None = None) -> Re
             f"{root}: no Market-1501 split folder "
             f"({', '.join(folder.name for folder in folders.values())}) in it"
         )
+    proxy = {c - 1 for c in cfg.infrared_proxy_cameras}  # rendered as infrared at load time
     splits: dict[str, Sequence[ImageRecord]] = {
-        split: read_market_folder(folder, relabel=split == "train")
+        split: [replace(r, modality=INFRARED, render=INFRARED_PROXY) if r.camid in proxy else r
+                for r in read_market_folder(folder, relabel=split == "train")]
         if folder.is_dir()
         else MissingSplit(folder, split, keys[split])
         for split, folder in folders.items()

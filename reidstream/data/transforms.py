@@ -85,8 +85,15 @@ def build_test_transform(cfg: DataConfig, height: int, width: int) -> Transform:
 
 
 def load_record_image(rec: ImageRecord) -> Image.Image:
-    """A record's image: its bytes (a harvest) or its file."""
-    return load_image(rec.data if rec.data is not None else rec.path)
+    """A record's image: its bytes (a harvest) or its file, rendered as its camera shows it
+    (an infrared proxy's images)."""
+    image = load_image(rec.data if rec.data is not None else rec.path)
+    if not rec.render:
+        return image
+    from reidstream.data.crossmodal import render
+
+    bgr = np.ascontiguousarray(np.asarray(image)[..., ::-1])
+    return Image.fromarray(np.ascontiguousarray(render(rec, bgr)[..., ::-1]))
 
 
 def _to_normalised_tensor(mean: Sequence[float], std: Sequence[float]) -> list[Callable]:

@@ -63,7 +63,9 @@ def _batches(records: Sequence[ImageRecord], size: int) -> Iterator[list[np.ndar
 
 
 def _read_chunk(records: Sequence[ImageRecord]) -> list[np.ndarray]:
-    return [read_bgr(r.path) for r in records]
+    from reidstream.data.crossmodal import render
+
+    return [render(r, read_bgr(r.path)) if r.render else read_bgr(r.path) for r in records]
 
 
 def extract_features(
@@ -221,9 +223,11 @@ def evaluate_embedder(
     eval_cfg: EvalConfig,
     dataset: str = "",
     progress: bool = True,
+    ignored_camera_pairs: Sequence[tuple[int, int]] = (),
 ) -> EvalReport:
     """Features, distances (cosine/euclidean, or DIMN's mapped-gallery scores), metrics and,
-    when ``eval_cfg.rerank``, k-reciprocal re-ranked metrics."""
+    when ``eval_cfg.rerank``, k-reciprocal re-ranked metrics. ``ignored_camera_pairs``: the
+    dataset's (query camera, gallery camera) exclusions (SYSU-MM01's)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     kw = {"batch_size": eval_cfg.batch_size, "cameras": eval_cfg.cameras, "progress": progress,
@@ -242,7 +246,8 @@ def evaluate_embedder(
         scoring = eval_cfg.metric
         distmat = compute_distance(qf, gf, eval_cfg.metric)
     labels = (q_pids, g_pids, q_cams, g_cams)
-    metrics = evaluate_ranking(distmat, *labels, max_rank=eval_cfg.max_rank)
+    rank_kw = {"max_rank": eval_cfg.max_rank, "ignored_camera_pairs": ignored_camera_pairs}
+    metrics = evaluate_ranking(distmat, *labels, **rank_kw)
     timings["ranking"] = time.perf_counter() - t0
 
     reranked = distmat_rr = None
@@ -258,7 +263,7 @@ def evaluate_embedder(
             lambda_value=eval_cfg.rerank_lambda,
             exact_max=eval_cfg.rerank_exact_max,
         )
-        reranked = evaluate_ranking(distmat_rr, *labels, max_rank=eval_cfg.max_rank)
+        reranked = evaluate_ranking(distmat_rr, *labels, **rank_kw)
         timings["rerank"] = time.perf_counter() - t0
     pretrained = embedder.model.cfg.pretrained
     return EvalReport(
@@ -286,10 +291,11 @@ def evaluate(cfg: Config, assets: Assets, progress: bool = True) -> EvalReport:
 
     checkpoint = cfg.eval.checkpoint or cfg.embed.checkpoint
     cfg = dataclasses.replace(cfg, embed=dataclasses.replace(cfg.embed, checkpoint=checkpoint))
+    from reidstream.data.crossmodal import protocol_split
+
     dataset = load_dataset(cfg.eval.dataset, assets, cfg.data)
-    query, gallery = subset_split(
-        dataset.query, dataset.gallery, cfg.eval.max_queries, cfg.eval.max_gallery
-    )
+    query, gallery = protocol_split(dataset.query, dataset.gallery, cfg.eval.protocol)
+    query, gallery = subset_split(query, gallery, cfg.eval.max_queries, cfg.eval.max_gallery)
     embedder = Embedder.from_config(cfg, assets)
     embedder.batch_size = cfg.eval.batch_size
     log.info(
@@ -299,7 +305,9 @@ def evaluate(cfg: Config, assets: Assets, progress: bool = True) -> EvalReport:
         len(query),
         len(gallery),
     )
-    report = evaluate_embedder(embedder, query, gallery, cfg.eval, dataset.name, progress)
+    name = dataset.name if cfg.eval.protocol == "all" else f"{dataset.name} ({cfg.eval.protocol})"
+    report = evaluate_embedder(embedder, query, gallery, cfg.eval, name, progress,
+                               dataset.ignored_camera_pairs)
     report.checkpoint = checkpoint
     if checkpoint:  # the weights came from the checkpoint, not from model.pretrained
         report.init = f"trained, checkpoint {Path(checkpoint).name}"

@@ -71,10 +71,15 @@ def compute_distance(q_feats: Any, g_feats: Any, metric: str = "cosine") -> np.n
     raise ValueError(f"unknown metric {metric!r}; use 'cosine' or 'euclidean'")
 
 
-def _keep_mask(sorted_pids, sorted_camids, q_pids, q_camids) -> np.ndarray:
-    """Gallery entries (in ranked order) that count for each query under the protocol."""
+def _keep_mask(sorted_pids, sorted_camids, q_pids, q_camids, ignored_pairs=()) -> np.ndarray:
+    """Gallery entries (in ranked order) that count for each query under the protocol: not
+    junk, not the query's own view (same person, same camera), and not a gallery camera the
+    dataset leaves out for the query's camera (``ignored_pairs`` of (query, gallery) camids)."""
     same_view = (sorted_pids == q_pids[:, None]) & (sorted_camids == q_camids[:, None])
-    return (sorted_pids != JUNK_PID) & ~same_view
+    keep = (sorted_pids != JUNK_PID) & ~same_view
+    for q_cam, g_cam in ignored_pairs:
+        keep &= ~((q_camids[:, None] == q_cam) & (sorted_camids == g_cam))
+    return keep
 
 
 def ranked_gallery(
@@ -95,6 +100,7 @@ def evaluate_ranking(
     q_camids: Sequence[int] | np.ndarray,
     g_camids: Sequence[int] | np.ndarray,
     max_rank: int = 50,
+    ignored_camera_pairs: Sequence[tuple[int, int]] = (),
 ) -> RankingMetrics:
     """CMC up to ``max_rank`` (capped at the gallery size), mAP and mINP over valid queries.
 
@@ -129,7 +135,7 @@ def evaluate_ranking(
         e = min(s + chunk, num_q)
         order = np.argsort(distmat[s:e], axis=1, kind="stable")
         sp, sc = g_pids[order], g_camids[order]
-        keep = _keep_mask(sp, sc, q_pids[s:e], q_camids[s:e])
+        keep = _keep_mask(sp, sc, q_pids[s:e], q_camids[s:e], ignored_camera_pairs)
         hits = keep & (sp == q_pids[s:e, None])
         rank0 = np.cumsum(keep, axis=1) - 1  # 0-based rank among the kept entries
         n_hits = hits.sum(axis=1)

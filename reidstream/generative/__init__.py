@@ -1,8 +1,10 @@
-"""DG-Net's generative side (Zheng et al., CVPR 2019), written from the paper.
+"""Generative training (DG-Net, Zheng et al., CVPR 2019; GCL, Chen et al., CVPR 2021), written
+from the papers.
 
-The re-id model is DG-Net's appearance encoder; this package adds what it lacks to generate
+The re-id model is the appearance encoder; this package adds what it lacks to generate
 images: a grey-scale structure encoder, an appearance-to-AdaIN MLP, an AdaIN decoder, a
-multi-scale PatchGAN discriminator, and the paper's losses and loss weights.
+multi-scale PatchGAN discriminator, and the papers' losses. The objectives: ``dgnet``
+(:mod:`.objective`) and ``gcl`` (:mod:`.gcl`), sharing :mod:`.adversarial`.
 
 - :mod:`.networks`: ``Generator`` (``encode_structure``, ``decode``), ``StructureEncoder``,
   ``AppearanceMLP``, ``Decoder``, ``assign_adain``, ``MultiScaleDiscriminator``, and the image

@@ -3,16 +3,16 @@
 One batch is two optimizer steps through the one training loop
 (:meth:`reidstream.training.objectives.Objective.train_step`):
 
-1. ``dis``: the multi-scale discriminator learns real images from cross-identity generations
-   (made without gradients);
-2. ``model`` and ``gen`` together, on one loss: the re-id model (DG-Net's appearance encoder)
+1. ``model`` and ``gen`` together, on one loss: the re-id model (DG-Net's appearance encoder)
    and the generator learn from self-reconstruction (the image from its own codes),
    same-identity reconstruction (its structure with another image of the person's
    appearance), cross-identity generation (appearance of one person, structure of another)
    judged by the discriminator and by the codes read back from it, and identity losses on
    real and generated images. After ``dgnet.discriminative_start`` steps come primary feature
    learning (the teacher's soft labels on generated images, when ``dgnet.teacher`` is set)
-   and fine-grained mining (the structure donor's identity, by a head of its own).
+   and fine-grained mining (the structure donor's identity, by a head of its own);
+2. ``dis``: the multi-scale discriminator learns real images from the cross-identity
+   generations of step 1 (:class:`reidstream.generative.adversarial.AdversarialPair`).
 
 Batches are identity-balanced (P x K), so every image has a same-identity partner and a
 different-identity donor in its batch. Several Ray Train workers: each step's gradients of
@@ -30,21 +30,23 @@ from torch import Tensor, nn
 
 from reidstream.config import Config, TrainConfig
 from reidstream.device import full_precision
+from reidstream.generative.adversarial import (
+    AdversarialPair,
+    draw_without_moving,
+    generator_then_discriminator,
+    picture_rows,
+    showcase,
+    statistics_frozen,
+)
 from reidstream.generative.losses import (
     DGNetWeights,
     identity_ce,
     latent_reconstruction,
-    lsgan_d_loss,
     lsgan_g_loss,
     reconstruction_l1,
     soft_label_kl,
 )
-from reidstream.generative.networks import (
-    Generator,
-    MultiScaleDiscriminator,
-    from_unit_range,
-    to_unit_range,
-)
+from reidstream.generative.networks import from_unit_range, to_unit_range
 from reidstream.training.objectives import OBJECTIVES, Objective
 
 PHASES = ("gen", "dis")
@@ -91,40 +93,38 @@ class DGNetObjective(Objective):
         self.mean, self.std = tuple(run.data.mean), tuple(run.data.std)
         # The appearance code is the global feature (the first of the model's heads).
         width = model.feature_dim // len(getattr(model, "heads", [None]))
-        self.generator = Generator(
-            appearance_dim=width, structure_dim=d.structure_dim,
-            base=d.base_channels, num_res_blocks=d.res_blocks, mean=self.mean, std=self.std,
-        )
-        self.discriminator = MultiScaleDiscriminator(num_scales=d.disc_scales, base=d.disc_base)
+        self.gan = AdversarialPair(width, d, self.mean, self.std)
         self.fine_head = nn.Linear(width, model.cfg.num_classes)
         # Saved with the loss state, so a resumed run keeps its place in the loss schedule.
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self._teacher = [load_teacher(d.teacher, run, model.cfg.num_classes)] if d.teacher \
             else []  # a list: not a submodule, so neither DDP nor the checkpoint carries it
-        self._shown: tuple[Tensor, Tensor] | None = None  # the inputs of every picture
+        # The inputs of every picture: un-augmented training images (the first batch's
+        # without training data, as in unit tests).
+        self._records = list(data.records) if data is not None else []
+        self._run = run
+        self._shown: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def generator(self) -> nn.Module:
+        return self.gan.generator
+
+    @property
+    def discriminator(self) -> nn.Module:
+        return self.gan.discriminator
 
     def optimizer_groups(self) -> dict[str, list[dict]]:
         from reidstream.training.optim import param_groups
 
-        d = self.settings
         model_groups = param_groups(self.model, self.cfg)
         model_groups.append({"params": list(self.fine_head.parameters()),
                              "weight_decay": self.cfg.weight_decay, "lr": self.cfg.lr})
-        return {
-            "model": model_groups,
-            "gen": [{"params": list(self.generator.parameters()), "weight_decay": 0.0,
-                     "lr": d.gen_lr}],
-            "dis": [{"params": list(self.discriminator.parameters()), "weight_decay": 0.0,
-                     "lr": d.dis_lr}],
-        }
+        return {"model": model_groups, **self.gan.optimizer_groups()}
 
     def train_step(self, forward: Any, optimization: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        d_loss, d_parts = forward(phase="dis")
-        optimization.step("dis", d_loss)
-        loss, parts = forward(phase="gen")
-        optimization.step(("model", "gen"), loss)
+        out = generator_then_discriminator(forward, optimization)
         self.iteration += 1
-        return loss, {**parts, **d_parts}
+        return out
 
     def forward(
         self, images: Tensor, pids: Tensor, camids: Tensor, index: Tensor | None = None,
@@ -132,28 +132,12 @@ class DGNetObjective(Objective):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         if phase not in PHASES:
             raise ValueError(f"dgnet phase {phase!r}: expected one of {PHASES}")
-        same, other = partners(pids)
-        if self._shown is None:  # the first batch's people, the same in every grid
+        if self._shown is None and not self._records:  # no data: the first batch's people
             self._shown = (images[:GRID_IMAGES].detach().cpu(), camids[:GRID_IMAGES].cpu())
         if phase == "dis":
-            return self._discriminator_step(images, camids, other)
+            return self.gan.discriminator_step(images)
+        same, other = partners(pids)
         return self._generator_step(images, pids, camids, same, other)
-
-    def cross_identity(self, images: Tensor, camids: Tensor, donors: Tensor) -> Tensor:
-        """Image i with the appearance of image i and the structure of image ``donors[i]``,
-        in the [-1, 1] image space."""
-        appearance = self.model(images, camids).features[0]
-        structure = self.generator.encode_structure(images)
-        return self.generator.decode(structure[donors], appearance)
-
-    def _discriminator_step(self, images: Tensor, camids: Tensor, other: Tensor):
-        with torch.no_grad():
-            fake = self.cross_identity(images, camids, other)
-        real = to_unit_range(images, self.mean, self.std)
-        on_real, on_fake = self.discriminator(real), self.discriminator(fake.detach())
-        with full_precision(images.device):  # networks under autocast, losses in fp32
-            loss = lsgan_d_loss([o.float() for o in on_real], [o.float() for o in on_fake])
-        return loss, {"d_adv": loss.detach()}
 
     def _generator_step(self, images, pids, camids, same, other):
         w, step = self.weights, int(self.iteration)
@@ -168,6 +152,7 @@ class DGNetObjective(Objective):
         out_g = self.model(crossed_in, camids)
         structure_g = self.generator.encode_structure(crossed_in)
         judged = self.discriminator(crossed)
+        self.gan.remember(crossed)
         fine_w, primary_w = w.fine_at(step), w.primary_at(step)
         fine_logits = self.fine_head(out_g.features[0]) if fine_w > 0 else None
         soft = self._soft_labels(crossed_in, camids) if primary_w > 0 and self._teacher else None
@@ -197,17 +182,15 @@ class DGNetObjective(Objective):
 
     def pictures(self) -> dict[str, tuple[Tensor, int]]:
         """``dgnet_generations.png``: inputs, self-reconstructions, cross-identity images."""
+        if self._shown is None and self._records:
+            self._shown = showcase(self._records, self._run, GRID_IMAGES)
         if self._shown is None:
             return {}
         images, camids = self._shown
         device = next(self.generator.parameters()).device
-        modes = {m: m.training for m in self.modules()}
-        statistics_frozen(self)  # drawing pictures must not move BatchNorm statistics
-        try:
-            grid = self.sample_grid(images.to(device), camids.to(device))
-        finally:
-            for module, mode in modes.items():
-                module.training = mode
+        grid = draw_without_moving(
+            self, lambda: self.sample_grid(images.to(device), camids.to(device))
+        )
         return {"dgnet_generations.png": (grid.cpu(), images.shape[0])}
 
     @torch.no_grad()
@@ -227,20 +210,9 @@ class DGNetObjective(Objective):
         donors = torch.roll(torch.arange(n, device=images.device), -1)
         appearance = self.model(images, camids).features[0]
         structure = self.generator.encode_structure(images)
-        rows = [to_unit_range(images, self.mean, self.std),
-                self.generator.decode(structure, appearance),
-                self.generator.decode(structure[donors], appearance)]
-        return ((torch.cat(rows) + 1) / 2).clamp(0.0, 1.0)
-
-
-def statistics_frozen(module: nn.Module) -> nn.Module:
-    """Train mode (where a re-id model returns features and logits) with BatchNorm on its
-    running statistics and dropout off: deterministic, and nothing it sees moves them."""
-    module.train()
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) or "Drop" in type(m).__name__:
-            m.eval()
-    return module
+        return picture_rows([to_unit_range(images, self.mean, self.std),
+                             self.generator.decode(structure, appearance),
+                             self.generator.decode(structure[donors], appearance)])
 
 
 def load_teacher(checkpoint: str, run: Config, num_classes: int) -> nn.Module:

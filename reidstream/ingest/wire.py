@@ -409,6 +409,8 @@ class MatchEvent(_JsonRecord):
     model_version: str
     kind: str = MATCH  # MATCH, or RETRACT: the match of these two tracks is withdrawn
     revision: int = 0  # earlier matches of this pair (each later withdrawn); 0 the first time
+    modality: str = "visible"  # of this track's camera (MODALITIES); added within schema 2
+    matched_modality: str = "visible"  # of the matched track's
     event_id: str = ""  # filled from the fields above when empty
     schema: int = MATCH_SCHEMA_VERSION
 
@@ -416,6 +418,10 @@ class MatchEvent(_JsonRecord):
         _check_box(self.box, "box")
         if self.kind not in EVENT_KINDS:
             raise ValueError(f"event kind must be one of {EVENT_KINDS}, got {self.kind!r}")
+        for name in ("modality", "matched_modality"):
+            if getattr(self, name) not in MODALITIES:
+                raise ValueError(f"{name} must be one of {MODALITIES}, "
+                                 f"got {getattr(self, name)!r}")
         if isinstance(self.best_crop, dict):
             self.best_crop = CropRef(**self.best_crop)
         if not self.event_id:

@@ -7,6 +7,8 @@ training cameras, in table order), and a deployment looks its cameras up by name
 1. A known name (or an alias of one, ``embed.camera_aliases``) gets its trained row. Aliasing a
    new camera to the trained camera with the most similar view (height, angle, lighting) is
    the best fallback when such a camera exists.
+   A camera without a row of its own whose frames are infrared takes the model's ``infrared``
+   row when it was trained with one (visible-infrared training names its infrared camera so).
 2. Any other name gets index -1 (and one warning per name). What -1 means is the model's
    ``unknown_camera`` policy (``embed.unknown_camera``):
 
@@ -79,12 +81,23 @@ class CameraRegistry:
             )
         return UNKNOWN
 
-    def indices(self, cameras: Sequence[str | int]) -> list[int]:
-        """Names through :meth:`index`; ints pass through as table indices."""
-        return [
-            int(c) if isinstance(c, numbers.Integral) and not isinstance(c, bool) else self.index(c)
-            for c in cameras
-        ]
+    def indices(
+        self, cameras: Sequence[str | int], modalities: Sequence[str] | None = None
+    ) -> list[int]:
+        """Names through :meth:`index`; ints pass through as table indices. With
+        ``modalities``, a camera the model has no row for borrows the row of its modality
+        when the model was trained with one (a camera named ``infrared``)."""
+        out = []
+        for i, c in enumerate(cameras):
+            if isinstance(c, numbers.Integral) and not isinstance(c, bool):
+                out.append(int(c))
+                continue
+            modality = modalities[i] if modalities is not None else ""
+            if str(c) not in self and modality and modality in self._index:
+                out.append(self._index[modality])
+            else:
+                out.append(self.index(c))
+        return out
 
     def __contains__(self, name: object) -> bool:
         return str(name) in self._index or str(name) in self._aliases

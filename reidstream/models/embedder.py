@@ -156,16 +156,21 @@ class Embedder:
         self,
         crops: Sequence[np.ndarray] | torch.Tensor,
         cameras: Sequence[str | int] | None = None,
+        modalities: Sequence[str] | None = None,
     ) -> np.ndarray:
-        """``float32 [N, feature_dim]``, each row of unit length."""
+        """``float32 [N, feature_dim]``, each row of unit length. ``modalities`` (visible /
+        infrared per crop) choose the side information of cameras the model has no row for
+        (:meth:`reidstream.models.cameras.CameraRegistry.indices`)."""
         n = len(crops)
         if cameras is not None and len(cameras) != n:
             raise ValueError(f"{n} crops but {len(cameras)} camera ids")
+        if modalities is not None and len(modalities) != n:
+            raise ValueError(f"{n} crops but {len(modalities)} modalities")
         if n == 0:
             return np.zeros((0, self.feature_dim), dtype=np.float32)
         camera_ids = None
         if cameras is not None:
-            camera_ids = torch.tensor(self.cameras.indices(cameras), dtype=torch.long)
+            camera_ids = torch.tensor(self.cameras.indices(cameras, modalities), dtype=torch.long)
         self._check_unknown(camera_ids, n)
         out = []
         with torch.inference_mode():

@@ -81,6 +81,7 @@ class LinkDecision:
     retracted: bool = False  # the earlier match of this track with matched_* is withdrawn
     revision: int = 0  # how many times this pair was matched before (a re-match's new id)
     observation: TrackObservation | None = field(default=None, compare=False, repr=False)
+    matched_modality: str = "visible"  # of the matched track (visible / infrared)
 
     @property
     def is_match(self) -> bool:
@@ -110,6 +111,8 @@ class LinkDecision:
             model_version=model_version,
             kind=RETRACT if self.retracted else MATCH,
             revision=self.revision,
+            modality=obs.modality,
+            matched_modality=self.matched_modality,
         )
 
 
@@ -168,8 +171,18 @@ class Linker:
             decisions.append(self._link_one(obs, query, row_sims, row_ids, revisions))
             newest = self._camera_clock.get(obs.camera, (obs.end_ms, 0.0))[0]
             self._camera_clock[obs.camera] = (max(newest, obs.end_ms), time.monotonic())
+        out = [self._with_matched_modality(d) for d in decisions + revisions]
         self._forget_old_observations()
-        return decisions + revisions
+        return out
+
+    def _with_matched_modality(self, decision: LinkDecision) -> LinkDecision:
+        """Which modality the matched track was seen in (an event says what it links)."""
+        if decision.matched_camera is None:
+            return decision
+        matched = self._tracks.get((decision.matched_camera, decision.matched_track_id or 0))
+        if matched is None or matched.last is None:
+            return decision
+        return dataclasses.replace(decision, matched_modality=matched.last.modality)
 
     def _age_ms(self, key: tuple[str, int]) -> int:
         """How long ago the track ended, on its own camera's clock."""
@@ -227,23 +240,25 @@ class Linker:
         calibration: SiteCalibration | None = None,
     ) -> dict[str, int]:
         """Move to a new model: every track's stored crops are embedded again with ``embed``
-        (``embed(images, cameras) -> [N, D]``), the gallery is refilled with those vectors
-        only (a fresh ``gallery`` when the width changes), and thresholds follow the new
+        (``embed(images, cameras, modalities) -> [N, D]``), the gallery is refilled with those
+        vectors only (a fresh ``gallery`` when the width changes), and thresholds follow the new
         model's calibration. Tracks without stored crops keep their identity but leave the
         gallery: they can no longer be matched, which is better than a wrong scale.
         """
         import cv2
 
         keys = [k for k, r in self._tracks.items() if r.crops]
-        images, cameras, owners = [], [], []
+        images, cameras, modalities, owners = [], [], [], []
         for key in keys:
+            last = self._tracks[key].last
             for blob in self._tracks[key].crops:
                 image = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
                 if image is not None:
                     images.append(image)
                     cameras.append(key[0])
+                    modalities.append(last.modality if last is not None else "visible")
                     owners.append(key)
-        vectors = embed(images, cameras) if images else np.zeros((0, 1), np.float32)
+        vectors = embed(images, cameras, modalities) if images else np.zeros((0, 1), np.float32)
         old = [r.gallery_id for r in self._tracks.values() if r.filed]
         if gallery is not None:
             self.gallery = gallery

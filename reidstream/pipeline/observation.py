@@ -26,6 +26,7 @@ class TrackObservation:
     best_crop: dict[str, Any] = field(default_factory=dict)
     model_version: str = ""  # the model that made ``embedding``
     crops: list[bytes] = field(default_factory=list, repr=False)  # JPEG, kept for a roll-out
+    modality: str = "visible"  # of the camera's frames (wire.MODALITIES)
 
     @property
     def key(self) -> tuple[str, int]:
@@ -43,6 +44,7 @@ def to_record(obs: TrackObservation, batch: int) -> dict[str, Any]:
         "box": [float(v) for v in obs.box],
         "best_crop": obs.best_crop,
         "model_version": obs.model_version,
+        "modality": obs.modality,
         "embedding": base64.b64encode(vector.tobytes()).decode("ascii"),
     }
 
@@ -58,4 +60,5 @@ def from_record(rec: dict[str, Any]) -> TrackObservation:
         box=[float(v) for v in rec["box"]],
         best_crop=dict(rec.get("best_crop") or {}),
         model_version=str(rec.get("model_version") or ""),
+        modality=str(rec.get("modality") or "visible"),
     )

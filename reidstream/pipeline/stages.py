@@ -70,8 +70,10 @@ class EmbedderStage:
         _limit_threads(cfg.pipeline.torch_threads)
         self.embedder = Embedder.from_config(cfg, Assets.from_config(cfg.assets))
 
-    def embed(self, crops: list[np.ndarray], cameras: list[str]) -> np.ndarray:
-        return self.embedder.embed(crops, cameras)
+    def embed(
+        self, crops: list[np.ndarray], cameras: list[str], modalities: list[str] | None = None
+    ) -> np.ndarray:
+        return self.embedder.embed(crops, cameras, modalities)
 
     def feature_dim(self) -> int:
         return self.embedder.feature_dim
@@ -203,8 +205,8 @@ class LinkerStage:
             fresh = ShardedGallery.create(self.cfg.gallery, dim)
         old = self.gallery
 
-        def embed(images: list, cameras: list) -> np.ndarray:
-            return ray.get(embedder.embed.remote(images, cameras))
+        def embed(images: list, cameras: list, modalities: list) -> np.ndarray:
+            return ray.get(embedder.embed.remote(images, cameras, modalities))
 
         result = self.linker.rollout(embed, model_version, fresh, calibration)
         if fresh is not None:
@@ -317,6 +319,7 @@ class CameraWorker:
         self._crop_vectors: dict[tuple[str, int], dict[int, np.ndarray]] = {}
         self._last_report: dict[str, float] = {}
         self._last_detected: dict[str, int] = {}  # camera -> frame index (detection.stride)
+        self._modalities: dict[str, str] = {}  # camera -> its frames' modality header
         self._ahead: _Batch | None = None  # pipeline.detect_ahead: polled, being detected
         # Frames processed but not yet done, per camera, oldest first: (index, ts, tp, offset).
         self._held: dict[str, deque[tuple[int, int, Any, int]]] = {}
@@ -499,8 +502,15 @@ class CameraWorker:
         self._last_detected[frame.camera] = frame.frame_index
         return True
 
+    def _modality(self, camera: str) -> str:
+        """A camera's modality: its frames' header, else ``pipeline.infrared_cameras``."""
+        declared = "infrared" if camera in self.cfg.pipeline.infrared_cameras else "visible"
+        return self._modalities.get(camera) or declared
+
     def _track(self, frame: Any, detections: Any, stats: StepStats) -> list:
         """Update the camera's tracker; returns the tracks this frame finished."""
+        if frame.modality:
+            self._modalities[frame.camera] = frame.modality
         tracker = self._tracker(frame.camera, frame.ts_ms)
         ended = []
         if tracker.last_frame is not None and frame.frame_index <= tracker.last_frame:
@@ -567,6 +577,7 @@ class CameraWorker:
                     best_crop=_crop_ref(t),
                     model_version=self.model_version,
                     crops=_encoded_crops(t, self.cfg.linker.keep_crops),
+                    modality=self._modality(t.camera),
                 )
                 for t in ready
             ]
@@ -631,7 +642,8 @@ class CameraWorker:
         if not todo:
             return 0
         vectors = self._call(
-            self.embedder.embed, [c.image for _, _, c in todo], [t.camera for _, t, _ in todo]
+            self.embedder.embed, [c.image for _, _, c in todo], [t.camera for _, t, _ in todo],
+            [self._modality(t.camera) for _, t, _ in todo],
         )
         for (cache, _, crop), vector in zip(todo, vectors, strict=True):
             cache[crop.frame_index] = vector

@@ -265,6 +265,7 @@ class EpisodicObjective(Objective):
 def objective_class(cfg: TrainConfig, model_name: str) -> type[Objective]:
     """The registered class of the run's objective (site-adaptation ones included)."""
     import reidstream.adaptation.objectives  # noqa: F401  (registers spcl, paul)
+    import reidstream.generative.gcl  # noqa: F401  (registers gcl)
     import reidstream.generative.objective  # noqa: F401  (registers dgnet)
 
     return OBJECTIVES.get(objective_name(cfg, model_name))
