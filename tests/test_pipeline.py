@@ -173,14 +173,17 @@ def test_an_infrared_camera_links_to_a_visible_one_and_events_say_so(pipeline_cf
     cfg = pipeline_cfg
     cfg.kafka = dataclasses.replace(cfg.kafka, cameras=["cam1", "cam2", "cam3"])
     cfg.pipeline.infrared_cameras = ["cam3"]
-    cfg.linker.threshold = 0.45  # the shipped model never trained on infrared: a lower bar
+    # The shipped model never trained on infrared: a low bar (this test is about the plumbing;
+    # how well a model links the modalities is measured in BENCHMARKS.md, "infrared proxy").
+    cfg.linker.threshold = 0.45
     ensure_topics(cfg.kafka, partitions=2)
     video = str(assets.asset("vtest.avi"))
-    publish(cfg.kafka, video, {"cam1": view_left}, fps=0, max_frames=FRAMES)
-    publish(cfg.kafka, video, {"cam2": lambda f: infrared_proxy(view_right(f), 0)}, fps=0,
+    # At the video's own rate (tracks need capture times of a real walk to be linked).
+    publish(cfg.kafka, video, {"cam1": view_left,
+                               "cam3": lambda f: infrared_proxy(view_left(f), 1)},
+            fps=None, max_frames=FRAMES)
+    publish(cfg.kafka, video, {"cam2": lambda f: infrared_proxy(view_right(f), 0)}, fps=None,
             max_frames=FRAMES, modality="infrared")
-    publish(cfg.kafka, video, {"cam3": lambda f: infrared_proxy(view_left(f), 1)}, fps=0,
-            max_frames=FRAMES)
     pipeline = Pipeline(cfg).start()
     try:
         stats = pipeline.run()
@@ -194,8 +197,9 @@ def test_an_infrared_camera_links_to_a_visible_one_and_events_say_so(pipeline_cf
         assert event.matched_modality == modality[event.matched_camera]
     crossing = [e for e in events if e.kind == "match" and {e.modality, e.matched_modality}
                 == {"visible", "infrared"}]
-    assert {e.camera for e in crossing} | {e.matched_camera for e in crossing} >= {"cam1"}
-    assert crossing, "people seen by a visible and an infrared camera must be linked"
+    pairs = sorted({(e.camera, e.matched_camera, round(e.similarity, 2)) for e in events})
+    assert crossing, f"no visible-infrared link among {pairs}"
+    assert "cam1" in {e.camera for e in crossing} | {e.matched_camera for e in crossing}
 
 
 @pytest.mark.slow
