@@ -305,10 +305,10 @@ class PatchDiscriminator(nn.Module):
     couple real and fake batches.
     """
 
-    def __init__(self, base: int = 64, num_layers: int = 3) -> None:
+    def __init__(self, base: int = 64, num_layers: int = 3, in_channels: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        width_in, width = 3, base
+        width_in, width = in_channels, base
         for _ in range(num_layers):
             layers += [
                 nn.Conv2d(width_in, width, 4, 2, 1, padding_mode="reflect"),
@@ -330,10 +330,12 @@ class MultiScaleDiscriminator(nn.Module):
     one patch-logit map ``[B,1,h_k,w_k]`` per scale, finest first.
     """
 
-    def __init__(self, num_scales: int = 3, base: int = 64, num_layers: int = 3) -> None:
+    def __init__(
+        self, num_scales: int = 3, base: int = 64, num_layers: int = 3, in_channels: int = 3
+    ) -> None:
         super().__init__()
         self.discriminators = nn.ModuleList(
-            [PatchDiscriminator(base, num_layers) for _ in range(num_scales)]
+            [PatchDiscriminator(base, num_layers, in_channels) for _ in range(num_scales)]
         )
         self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
 
