@@ -590,18 +590,11 @@ def _figures(colours: Tensor, offsets: Tensor, widths: Tensor, seed: int) -> Ten
 
 
 def _swaps(generator: Generator, images: Tensor, appearance: Tensor):
-    """Every ordered pair (i != j): image i's appearance on image j's structure, scored."""
-    from reidstream.generative.swap import swap_scores
+    """Every ordered pair (i != j): image i's appearance on image j's structure, scored as
+    ``reidstream generate`` scores a run."""
+    from reidstream.generative.swap import score_grid, swap_grid
 
-    with torch.no_grad():
-        structure = generator.encode_structure(images)
-        n = len(images)
-        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
-        made = generator.decode(structure[[j for _, j in pairs]],
-                                appearance[[i for i, _ in pairs]])
-    pixels = (to_unit_range(images) + 1) / 2
-    return swap_scores(((made + 1) / 2).clamp(0, 1), pixels[[i for i, _ in pairs]],
-                       pixels[[j for _, j in pairs]])
+    return score_grid(swap_grid(generator, images, appearance), (to_unit_range(images) + 1) / 2)
 
 
 def test_trained_generator_swaps_keep_appearance_colour_and_structure_pose():

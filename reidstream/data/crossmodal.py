@@ -46,8 +46,8 @@ from reidstream.data.market import (
     ImageRecord,
     ReIDDataset,
 )
+from reidstream.ingest.wire import MODALITIES  # index VISIBLE / INFRARED (the same order)
 
-MODALITIES = ("visible", "infrared")
 PROTOCOLS = ("all", "v2i", "i2v")
 
 SYSU_VISIBLE = (1, 2, 4, 5)

@@ -28,6 +28,7 @@ import numpy as np
 
 from reidstream.assets import Assets
 from reidstream.config import Config, EvalConfig
+from reidstream.data.crossmodal import protocol_split, render
 from reidstream.data.market import ImageRecord, load_dataset
 from reidstream.evaluation.metrics import RankingMetrics, compute_distance, evaluate_ranking
 
@@ -63,9 +64,7 @@ def _batches(records: Sequence[ImageRecord], size: int) -> Iterator[list[np.ndar
 
 
 def _read_chunk(records: Sequence[ImageRecord]) -> list[np.ndarray]:
-    from reidstream.data.crossmodal import render
-
-    return [render(r, read_bgr(r.path)) if r.render else read_bgr(r.path) for r in records]
+    return [render(r, read_bgr(r.path)) for r in records]
 
 
 def extract_features(
@@ -291,8 +290,6 @@ def evaluate(cfg: Config, assets: Assets, progress: bool = True) -> EvalReport:
 
     checkpoint = cfg.eval.checkpoint or cfg.embed.checkpoint
     cfg = dataclasses.replace(cfg, embed=dataclasses.replace(cfg.embed, checkpoint=checkpoint))
-    from reidstream.data.crossmodal import protocol_split
-
     dataset = load_dataset(cfg.eval.dataset, assets, cfg.data)
     query, gallery = protocol_split(dataset.query, dataset.gallery, cfg.eval.protocol)
     query, gallery = subset_split(query, gallery, cfg.eval.max_queries, cfg.eval.max_gallery)

@@ -21,6 +21,27 @@ from reidstream.generative.losses import lsgan_d_loss
 from reidstream.generative.networks import Generator, MultiScaleDiscriminator, to_unit_range
 
 
+def appearance_width(model: nn.Module) -> int:
+    """Width of the re-id model's global feature (its first head's): the appearance code."""
+    return model.feature_dim // len(getattr(model, "heads", [None]))
+
+
+def build_generator(
+    appearance_dim: int, settings: Any, mean: Sequence[float], std: Sequence[float]
+) -> Generator:
+    """The generator a ``dgnet:`` / ``gcl:`` section (``structure_dim``, ``base_channels``,
+    ``res_blocks``) sizes, for images normalised by ``mean`` / ``std``."""
+    return Generator(
+        appearance_dim=appearance_dim, structure_dim=settings.structure_dim,
+        base=settings.base_channels, num_res_blocks=settings.res_blocks, mean=mean, std=std,
+    )
+
+
+def to_pixels(images: Tensor) -> Tensor:
+    """``[-1, 1]`` images -> ``[0, 1]`` pixels (for pictures and colour checks)."""
+    return ((images + 1) / 2).clamp(0.0, 1.0)
+
+
 class AdversarialPair(nn.Module):
     """Generator + multi-scale discriminator sized by a config section with ``structure_dim``,
     ``base_channels``, ``res_blocks``, ``disc_scales``, ``disc_base``, ``gen_lr``, ``dis_lr``
@@ -30,10 +51,7 @@ class AdversarialPair(nn.Module):
         self, appearance_dim: int, settings: Any, mean: Sequence[float], std: Sequence[float]
     ) -> None:
         super().__init__()
-        self.generator = Generator(
-            appearance_dim=appearance_dim, structure_dim=settings.structure_dim,
-            base=settings.base_channels, num_res_blocks=settings.res_blocks, mean=mean, std=std,
-        )
+        self.generator = build_generator(appearance_dim, settings, mean, std)
         self.discriminator = MultiScaleDiscriminator(
             num_scales=settings.disc_scales, base=settings.disc_base
         )
@@ -100,7 +118,7 @@ def showcase(records: Sequence[Any], run: Any, count: int) -> tuple[Tensor, Tens
 
 def picture_rows(rows: Sequence[Tensor]) -> Tensor:
     """Rows of ``[-1, 1]`` images -> one ``[0, 1]`` batch for an image grid."""
-    return ((torch.cat(list(rows)) + 1) / 2).clamp(0.0, 1.0)
+    return to_pixels(torch.cat(list(rows)))
 
 
 def statistics_frozen(module: nn.Module) -> nn.Module:

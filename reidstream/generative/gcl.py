@@ -39,6 +39,7 @@ from reidstream.config import Config, TrainConfig
 from reidstream.device import full_precision
 from reidstream.generative.adversarial import (
     AdversarialPair,
+    appearance_width,
     draw_without_moving,
     generator_then_discriminator,
     picture_rows,
@@ -96,7 +97,7 @@ class GCLObjective(SpCLObjective):
         self.settings = g
         self.view_kinds = torch.tensor([VIEWS.index(v) for v in g.views])
         self.mean, self.std = tuple(run.data.mean), tuple(run.data.std)
-        width = model.feature_dim // len(getattr(model, "heads", [None]))
+        width = appearance_width(model)
         self.gan = AdversarialPair(width, g, self.mean, self.std)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self._records, self._run = list(data.records), run

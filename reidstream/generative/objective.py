@@ -32,6 +32,7 @@ from reidstream.config import Config, TrainConfig
 from reidstream.device import full_precision
 from reidstream.generative.adversarial import (
     AdversarialPair,
+    appearance_width,
     draw_without_moving,
     generator_then_discriminator,
     picture_rows,
@@ -92,7 +93,7 @@ class DGNetObjective(Objective):
         )
         self.mean, self.std = tuple(run.data.mean), tuple(run.data.std)
         # The appearance code is the global feature (the first of the model's heads).
-        width = model.feature_dim // len(getattr(model, "heads", [None]))
+        width = appearance_width(model)
         self.gan = AdversarialPair(width, d, self.mean, self.std)
         self.fine_head = nn.Linear(width, model.cfg.num_classes)
         # Saved with the loss state, so a resumed run keeps its place in the loss schedule.

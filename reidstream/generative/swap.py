@@ -24,6 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reidstream.generative.adversarial import (
+    appearance_width,
+    build_generator,
+    statistics_frozen,
+    to_pixels,
+)
 from reidstream.generative.networks import LUMA_WEIGHTS, Generator, to_unit_range
 
 HUE_BINS = 12
@@ -111,21 +117,24 @@ class TrainedGenerator:
     def swap(self, images: Tensor, camids: Tensor) -> Tensor:
         """``[N, N, 3, H, W]`` in [0, 1]: entry (i, j) wears image i's appearance on image
         j's structure (the diagonal: self-reconstructions)."""
-        appearance = self.model(images, camids).features[0]
-        structure = self.generator.encode_structure(images)
-        n = len(images)
-        rows = [self.generator.decode(structure, appearance[[i] * n]) for i in range(n)]
-        return ((torch.stack(rows) + 1) / 2).clamp(0, 1)
+        return swap_grid(self.generator, images, self.model(images, camids).features[0])
 
     def unit(self, images: Tensor) -> Tensor:
         """Normalised inputs -> [0, 1] pixels."""
-        mean, std = tuple(self.cfg.data.mean), tuple(self.cfg.data.std)
-        return ((to_unit_range(images, mean, std) + 1) / 2).clamp(0, 1)
+        return to_pixels(to_unit_range(images, self.cfg.data.mean, self.cfg.data.std))
+
+
+@torch.no_grad()
+def swap_grid(generator: Generator, images: Tensor, appearance: Tensor) -> Tensor:
+    """``[N, N, 3, H, W]`` in [0, 1]: image i's appearance code on image j's structure."""
+    structure = generator.encode_structure(images)
+    n = len(images)
+    return to_pixels(torch.stack([generator.decode(structure, appearance[[i] * n])
+                                  for i in range(n)]))
 
 
 def load_trained_generator(run_dir: str | Path) -> TrainedGenerator:
     """The latest checkpoint of a ``dgnet`` or ``gcl`` run folder."""
-    from reidstream.generative.adversarial import statistics_frozen
     from reidstream.models import load_checkpoint
     from reidstream.training.job import config_for_resume
     from reidstream.training.state import load_train_state, resume_model_file
@@ -147,10 +156,7 @@ def load_trained_generator(run_dir: str | Path) -> TrainedGenerator:
                    if any(k.startswith(p) for k in state)), None)
     if prefix is None:
         raise KeyError(f"{folder}: no generator weights in its training state")
-    width = model.feature_dim // len(getattr(model, "heads", [None]))
-    generator = Generator(appearance_dim=width, structure_dim=settings.structure_dim,
-                          base=settings.base_channels, num_res_blocks=settings.res_blocks,
-                          mean=cfg.data.mean, std=cfg.data.std)
+    generator = build_generator(appearance_width(model), settings, cfg.data.mean, cfg.data.std)
     generator.load_state_dict({k[len(prefix):]: v for k, v in state.items()
                                if k.startswith(prefix)})
     generator.eval()
@@ -179,11 +185,9 @@ def query_people(cfg: Any, dataset: str, count: int, offset: int = 0) -> tuple[T
     return images, torch.tensor([r.camid for r in picked])
 
 
-def score_run(trained: TrainedGenerator, images: Tensor, camids: Tensor) -> SwapScores:
-    """Both checks over every ordered pair (i != j) of ``images``."""
-    grid = trained.swap(images, camids)
-    pixels = trained.unit(images)
-    n = len(images)
+def score_grid(grid: Tensor, pixels: Tensor) -> SwapScores:
+    """Both checks over every ordered pair (i != j) of a :func:`swap_grid` of ``pixels``."""
+    n = len(pixels)
     pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
     generated = torch.stack([grid[i, j] for i, j in pairs])
     return swap_scores(generated, pixels[[i for i, _ in pairs]], pixels[[j for _, j in pairs]])
@@ -203,16 +207,15 @@ def run_generate(args: argparse.Namespace) -> int:
 
     trained = load_trained_generator(args.run_dir)
     images, camids = query_people(trained.cfg, args.dataset, args.people)
-    for line in score_run(trained, images, camids).lines():
+    grid, pixels = trained.swap(images, camids), trained.unit(images)
+    for line in score_grid(grid, pixels).lines():
         print(line)
-    shown, shown_cams = images[: args.show], camids[: args.show]
-    grid = trained.swap(shown, shown_cams)
-    pixels = trained.unit(shown)
+    show = min(args.show, len(images))  # the matrix: the first people's corner of the grid
     blank = torch.ones_like(pixels[:1])
     # Top row: the structure sources; left column: the appearance sources.
-    rows = [torch.cat([blank, pixels])]
-    rows += [torch.cat([pixels[i : i + 1], grid[i]]) for i in range(len(shown))]
+    rows = [torch.cat([blank, pixels[:show]])]
+    rows += [torch.cat([pixels[i : i + 1], grid[i, :show]]) for i in range(show)]
     out = Path(args.out) if args.out else Path(args.run_dir) / "swap_matrix.png"
-    save_image(torch.cat(rows), out, nrow=len(shown) + 1, padding=2, pad_value=1.0)
+    save_image(torch.cat(rows), out, nrow=show + 1, padding=2, pad_value=1.0)
     print(f"swap matrix (row: appearance, column: structure): {out}")
     return 0
