@@ -58,6 +58,9 @@ class ModelConfig:
     last_stride: int
     hybrid_blocks: int
     patches: int
+    ddrl_translator_base: int
+    ddrl_hidden: int
+    ddrl_metric: int
 
 
 @dataclass
@@ -234,6 +237,22 @@ class GCLConfig(GeneratorConfig):
     joint_ramp: int
     views: list[str]
     max_shift: float
+
+
+@dataclass
+class DDRLConfig:
+    """DDRL's joint training (``train.objective: ddrl``): discriminators and the image-level
+    losses' weights; the networks' sizes are ``model.ddrl_*``."""
+
+    disc_scales: int
+    disc_base: int
+    gen_lr: float
+    dis_lr: float
+    image_level: float
+    recon: float
+    kl: float
+    cycle: float
+    adversarial: float
 
 
 @dataclass
@@ -476,6 +495,7 @@ class Config:
     paul: PaulConfig
     dgnet: DGNetConfig
     gcl: GCLConfig
+    ddrl: DDRLConfig
     calibration: CalibrationConfig
     pipeline: PipelineConfig
     linker: LinkerConfig

@@ -28,7 +28,7 @@ import numpy as np
 
 from reidstream.assets import Assets
 from reidstream.config import Config, EvalConfig
-from reidstream.data.crossmodal import protocol_split, render
+from reidstream.data.crossmodal import modality_name, protocol_split, render
 from reidstream.data.market import ImageRecord, load_dataset
 from reidstream.evaluation.metrics import RankingMetrics, compute_distance, evaluate_ranking
 
@@ -98,11 +98,13 @@ def extract_features(
         cam_in = [camera_names[c] for c in camids.tolist()]
     else:
         cam_in = camids.tolist() if cameras == "index" else [-1] * len(records)
+    modalities = [modality_name(r.modality) for r in records]  # visible / infrared per image
     feats = []
     with tqdm(total=len(records), desc=desc, unit="img", disable=not progress) as bar:
         start = 0
         for images in _batches(records, batch_size):
-            feats.append(embedder.embed(images, cam_in[start : start + len(images)]))
+            stop = start + len(images)
+            feats.append(embedder.embed(images, cam_in[start:stop], modalities[start:stop]))
             start += len(images)
             bar.update(len(images))
     dim = embedder.feature_dim

@@ -101,6 +101,9 @@ def export_embedder(
 
     A graph cannot raise, so the ``error`` policy is traced as ``zero``: whoever runs the
     export checks for unknown cameras before it does (``Embedder``)."""
+    if getattr(model, "takes_modality", False):
+        raise TypeError(f"model {model.cfg.name!r} reads a modality per crop, which the ONNX "
+                        "graph has no input for: serve it with embed.backend=torch")
     policy = getattr(model, "unknown_camera", "mean")
     digest = model_digest(model, policy)
     target = Path(out_dir) / f"embedder-{name}-{digest}-f{EXPORT_FORMAT}.onnx"

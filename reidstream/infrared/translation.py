@@ -126,18 +126,32 @@ def multispectral(visible: Tensor, infrared: Tensor) -> Tensor:
 
 
 def multispectral_batch(
-    translator: ModalityTranslator, images: Tensor, is_infrared: Tensor
+    translator: ModalityTranslator,
+    images: Tensor,
+    is_infrared: Tensor,
+    translated: dict[str, Tensor] | None = None,
 ) -> Tensor:
     """A mixed batch (``images`` ``[B, 3, H, W]`` in ``[-1, 1]``, infrared ones as three equal
     channels) completed into multi-spectral images: a visible image keeps its RGB and gains
     its translation to infrared; an infrared image keeps its channel and gains its translation
-    to visible. Gradients reach the translator (DDRL trains both sub-networks jointly)."""
+    to visible. Gradients reach the translator (DDRL trains both sub-networks jointly).
+
+    ``translated`` (``losses.translation_terms``' output: ``"infrared"`` the batch's visible
+    images translated, in batch order, ``"visible"`` its infrared ones) saves translating twice
+    in training."""
     out = images.new_zeros((images.shape[0], 4, *images.shape[2:]))
+    translated = translated or {}
     vis = ~is_infrared
     if vis.any():
         real = images[vis]
-        out[vis] = multispectral(real, translator.translate(real, "visible", "infrared"))
+        fake = translated.get("infrared")
+        if fake is None:
+            fake = translator.translate(real, "visible", "infrared")
+        out[vis] = multispectral(real, fake.to(out.dtype))
     if is_infrared.any():
         real = infrared_channel(images[is_infrared])
-        out[is_infrared] = multispectral(translator.translate(real, "infrared", "visible"), real)
+        fake = translated.get("visible")
+        if fake is None:
+            fake = translator.translate(real, "infrared", "visible")
+        out[is_infrared] = multispectral(fake.to(out.dtype), real)
     return out

@@ -1,4 +1,4 @@
-"""Re-id models (``bot``, ``transreid``, ``dimn``), camera registry, checkpoints, Embedder.
+"""Re-id models (``bot``, ``transreid``, ``dimn``, ``ddrl``), cameras, checkpoints, Embedder.
 
 Importing the package registers every model in :data:`MODELS`.
 """
@@ -9,6 +9,7 @@ from reidstream.models.base import (
     ReIDModel,
     ReIDOutput,
     build_model,
+    run_model,
 )
 from reidstream.models.bot import BagOfTricks
 from reidstream.models.cameras import CameraRegistry
@@ -18,6 +19,7 @@ from reidstream.models.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from reidstream.models.ddrl import DDRL
 from reidstream.models.dimn import DIMN
 from reidstream.models.embedder import Embedder
 from reidstream.models.mobilenet import load_mobilenetv2_features
@@ -29,6 +31,7 @@ __all__ = [
     "BagOfTricks",
     "CameraRegistry",
     "CheckpointError",
+    "DDRL",
     "DIMN",
     "Embedder",
     "LoadReport",
@@ -38,6 +41,7 @@ __all__ = [
     "ReIDOutput",
     "TransReID",
     "build_model",
+    "run_model",
     "load_checkpoint",
     "load_mobilenetv2_features",
     "load_vit_pretrained",

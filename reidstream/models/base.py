@@ -50,6 +50,8 @@ class ReIDModel(nn.Module):
     """
 
     feature_dim: int
+    # True: ``forward`` also takes ``modalities`` (0 visible, 1 infrared per image; DDRL)
+    takes_modality = False
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -97,6 +99,16 @@ class ReIDModel(nn.Module):
             # The serving embedding too: contrastive objectives train exactly what is served.
             return ReIDOutput(logits=logits, features=features, extras={"embedding": embedding})
         return embedding
+
+
+def run_model(
+    model: nn.Module, images: Tensor, camera_ids: Tensor | None, modalities: Tensor | None
+) -> ReIDOutput | Tensor:
+    """``model(images, camera_ids)``, with the modalities for a model that reads them (a
+    DDP-wrapped one included)."""
+    if getattr(getattr(model, "module", model), "takes_modality", False):
+        return model(images, camera_ids, modalities=modalities)
+    return model(images, camera_ids)
 
 
 class BNNeck(nn.Module):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from reidstream.assets import Assets
 from reidstream.config import Config, EmbedConfig, InferenceConfig, load_config
 from reidstream.device import autocast, select_device
-from reidstream.models.base import ReIDModel, build_model
+from reidstream.models.base import ReIDModel, build_model, run_model
 from reidstream.models.cameras import CameraRegistry
 from reidstream.models.checkpoint import load_checkpoint
 
@@ -94,11 +94,15 @@ class Embedder:
         )
         return backend
 
-    def _run(self, session, images: torch.Tensor, cams: torch.Tensor | None) -> torch.Tensor:
-        """Raw features ``[N, D]`` float32 of a preprocessed batch, by torch or a session."""
+    def _run(
+        self, session, images: torch.Tensor, cams: torch.Tensor | None,
+        modalities: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Raw features ``[N, D]`` float32 of a preprocessed batch, by torch or a session
+        (a model that reads modalities runs in torch: its export refuses)."""
         if session is None:
             with torch.inference_mode(), autocast(self.device, self.fp16):
-                return self.model(images, cams).float()
+                return run_model(self.model, images, cams, modalities).float()
         if cams is None:
             cams = torch.full((len(images),), -1, dtype=torch.long)
         feed = {"images": images.detach().cpu().numpy(), "camera_ids": cams.cpu().numpy()}
@@ -171,6 +175,7 @@ class Embedder:
         camera_ids = None
         if cameras is not None:
             camera_ids = torch.tensor(self.cameras.indices(cameras, modalities), dtype=torch.long)
+        modality_ids = modality_indices(modalities) if modalities is not None else None
         self._check_unknown(camera_ids, n)
         out = []
         with torch.inference_mode():
@@ -178,11 +183,12 @@ class Embedder:
                 stop = min(n, start + self.batch_size)
                 images = self._batch(crops[start:stop], start)
                 cams = None if camera_ids is None else camera_ids[start:stop].to(self.device)
-                feats = self._run(self.session, images, cams)
+                mods = None if modality_ids is None else modality_ids[start:stop].to(self.device)
+                feats = self._run(self.session, images, cams, mods)
                 if self.flip:
                     # The mirrored person is the same person: averaging both views
                     # cancels left/right pose and carrying-side differences.
-                    feats = feats + self._run(self.session, images.flip(3), cams)
+                    feats = feats + self._run(self.session, images.flip(3), cams, mods)
                 out.append(F.normalize(feats, dim=1).cpu())
         vectors = torch.cat(out).numpy()
         if self.calibration is not None and cameras is not None:
@@ -260,6 +266,16 @@ class Embedder:
             batch[i] = resized[:, :, ::-1]
         batch = (batch - self.mean) / self.std
         return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(self.device)
+
+
+def modality_indices(modalities: Sequence[str]) -> torch.Tensor:
+    """Modality names -> the model's ``modalities`` tensor (0 visible, 1 infrared)."""
+    from reidstream.ingest.wire import MODALITIES
+
+    unknown = sorted({m for m in modalities if m not in MODALITIES})
+    if unknown:
+        raise ValueError(f"unknown modalities {unknown}: expected one of {list(MODALITIES)}")
+    return torch.tensor([MODALITIES.index(m) for m in modalities], dtype=torch.long)
 
 
 def _runtime_kwargs(embed_cfg: EmbedConfig) -> dict:

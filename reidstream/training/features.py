@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from reidstream.config import Config
 from reidstream.data.market import ImageRecord
 from reidstream.device import autocast
+from reidstream.models.base import run_model
 from reidstream.training.context import Rank, all_gather_cat
 
 
@@ -41,10 +42,12 @@ def embed_records(
     model.eval()
     feats = []
     try:
-        for images, _, camids, _ in loader:
+        modalities = torch.tensor([records[i].modality for i in mine], dtype=torch.long)
+        for images, _, camids, position in loader:
             images = images.to(rank.device, non_blocking=True)
             with autocast(rank.device, cfg.train.amp, cpu_bf16=True):
-                out = model(images, camids.to(rank.device))
+                out = run_model(model, images, camids.to(rank.device),
+                                modalities[position].to(rank.device))
             feats.append(F.normalize(out.float(), dim=1))
     finally:
         model.train(was_training)

@@ -267,6 +267,7 @@ def objective_class(cfg: TrainConfig, model_name: str) -> type[Objective]:
     import reidstream.adaptation.objectives  # noqa: F401  (registers spcl, paul)
     import reidstream.generative.gcl  # noqa: F401  (registers gcl)
     import reidstream.generative.objective  # noqa: F401  (registers dgnet)
+    import reidstream.infrared.objective  # noqa: F401  (registers ddrl)
 
     return OBJECTIVES.get(objective_name(cfg, model_name))
 
