@@ -11,6 +11,10 @@ head and losses on the images as they are, infrared as three equal channels). Ea
 then evaluated on the proxy's test split, visible -> infrared (``v2i``) and infrared -> visible
 (``i2v``), without re-ranking. Results go to ``runs/ddrl_proxy/<minutes>min/results.json``; a
 finished arm is not trained again when the script is rerun.
+
+``--equal-steps`` adds ``feature-only-steps``: the baseline given DDRL's number of optimizer
+steps instead of its minutes (schedule over epochs, no time budget), which separates what the
+image-level sub-network does per step from what it costs in time.
 """
 
 from __future__ import annotations
@@ -30,13 +34,20 @@ ARMS = {"ddrl": [], "feature-only": ["model.ddrl_translator_base=0"]}
 PROTOCOLS = ("v2i", "i2v")
 
 
+def equal_steps(ddrl_steps: int, per_epoch: int = 50) -> list[str]:
+    """Overrides that train about ``ddrl_steps`` steps (epochs of at most ``per_epoch``)."""
+    epochs = -(-ddrl_steps // per_epoch)
+    return ["train.max_minutes=0", f"train.epochs={epochs}",
+            f"train.max_steps_per_epoch={-(-ddrl_steps // epochs)}"]
+
+
 def run_arm(name: str, minutes: float, out_dir: Path, extra: list[str]) -> dict:
     from reidstream.assets import Assets
     from reidstream.config import load_config
     from reidstream.evaluation.evaluate import evaluate
     from reidstream.training.job import run_training
 
-    cfg = load_config(CONFIG, [*ARMS[name], f"train.max_minutes={minutes}",
+    cfg = load_config(CONFIG, [f"train.max_minutes={minutes}", *ARMS[name],
                                "train.max_failures=0", "train.progress=false",
                                f"train.storage_path={out_dir}", f"train.name={name}", *extra])
     outcome = run_training(cfg)
@@ -70,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=12.0, help="training budget per arm")
     parser.add_argument("--only", nargs="+", choices=sorted(ARMS), default=list(ARMS))
     parser.add_argument("--out", default=str(ROOT / "runs" / "ddrl_proxy"))
+    parser.add_argument("--equal-steps", action="store_true",
+                        help="also the baseline at DDRL's step count (after the ddrl arm)")
     args = parser.parse_args(argv)
 
     from reidstream.training.job import ensure_ray
@@ -84,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = run_arm(name, args.minutes, out_dir, args.overrides)
             results_file.write_text(json.dumps(results, indent=2))
         print(format_row(results[name]), flush=True)
+    if args.equal_steps and "ddrl" in results:
+        name = "feature-only-steps"
+        ARMS[name] = [*ARMS["feature-only"], *equal_steps(results["ddrl"]["steps"])]
+        if name not in results:
+            results[name] = run_arm(name, args.minutes, out_dir, args.overrides)
+            results_file.write_text(json.dumps(results, indent=2))
+        args.only = [*args.only, name]
     load = os.getloadavg()[0]
     print(f"\n{args.minutes:g} training minutes per arm; load avg {load:.1f}; cuhk03-detected "
           "test, camera 2 as the infrared PROXY; no re-ranking")

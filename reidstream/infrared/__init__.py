@@ -7,8 +7,11 @@
 - :mod:`.losses`: ``translation_terms`` (reconstruction, KL, cycle) and ``kl_unit_variance``;
   the adversarial terms are :mod:`reidstream.generative.losses`' least-squares ones.
 
-Data, protocols and the infrared proxy: :mod:`reidstream.data.crossmodal`. The joint training
-objective and the feature-level sub-network are not built yet (docs/infrared.md).
+- :mod:`.objective`: the ``ddrl`` training objective (imported by the objective registry, not
+  here: it needs the training package).
+
+The model (translator in front of the feature-level network) is ``reidstream.models.ddrl``;
+data, protocols and the infrared proxy: :mod:`reidstream.data.crossmodal`.
 """
 
 from reidstream.infrared.losses import kl_unit_variance, translation_terms
