@@ -4,10 +4,12 @@ on the cuhk03 infrared PROXY, scored in both directions. Proxy figures, not infr
 
     python bench/ddrl_proxy.py --minutes 12 [section.key=value ...]
 
-Two real ``reidstream train`` runs of ``train/configs/ddrl_cpu.yaml`` with the same time budget
+Three real ``reidstream train`` runs of ``train/configs/ddrl_cpu.yaml`` with the same time budget
 (``train.max_minutes``; the lr schedule spans it): ``ddrl`` (translator + feature-level network,
-trained jointly) and ``feature-only`` (``model.ddrl_translator_base=0``: the same MobileNetV2,
-head and losses on the images as they are, infrared as three equal channels). Each export is
+trained jointly; translations through the config's learned gate), ``ddrl-ungated`` (the
+translations fed as they are, as the paper does) and ``feature-only``
+(``model.ddrl_translator_base=0``: the same MobileNetV2, head and losses on the images as they
+are, infrared as three equal channels). Each export is
 then evaluated on the proxy's test split, visible -> infrared (``v2i``) and infrared -> visible
 (``i2v``), without re-ranking. Results go to ``runs/ddrl_proxy/<minutes>min/results.json``; a
 finished arm is not trained again when the script is rerun.
@@ -30,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "train" / "configs" / "ddrl_cpu.yaml"
-ARMS = {"ddrl": [], "feature-only": ["model.ddrl_translator_base=0"]}
+ARMS = {"ddrl": [], "ddrl-ungated": ["model.ddrl_gate_init=0"],
+        "feature-only": ["model.ddrl_translator_base=0"]}
 PROTOCOLS = ("v2i", "i2v")
 
 

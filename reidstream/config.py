@@ -61,6 +61,7 @@ class ModelConfig:
     ddrl_translator_base: int
     ddrl_hidden: int
     ddrl_metric: int
+    ddrl_gate_init: float
 
 
 @dataclass
@@ -248,6 +249,7 @@ class DDRLConfig:
     disc_base: int
     gen_lr: float
     dis_lr: float
+    gate_lr: float
     image_level: float
     recon: float
     kl: float

@@ -283,3 +283,31 @@ def test_embedder_serves_a_ddrl_model_by_modality_in_torch_only(assets_dir):
 
 
 IMAGENET, IMAGENET_SD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def test_gate_mixes_translations_with_grey_stand_ins_and_learns(translator):
+    """gate 0: the stand-ins exactly (an infrared image's channel as RGB, a visible image's
+    channel mean as infrared); gate g: g x translation + (1 - g) x stand-in. The model's gate
+    starts at model.ddrl_gate_init and gets a gradient from the feature losses."""
+    images = torch.rand(4, 3, 64, 32) * 2 - 1
+    images[2:] = images[2:, :1].expand(-1, 3, -1, -1)
+    is_ir = torch.tensor([False, False, True, True])
+    grey = multispectral_batch(translator, images, is_ir, gate=torch.tensor(0.0))
+    assert torch.allclose(grey[:2, 3:], images[:2].mean(1, keepdim=True), atol=1e-6)
+    assert torch.allclose(grey[2:, :3], images[2:], atol=1e-6)
+    full = multispectral_batch(translator, images, is_ir)
+    mixed = multispectral_batch(translator, images, is_ir, gate=torch.tensor(0.25))
+    assert torch.allclose(mixed, 0.25 * full + 0.75 * grey, atol=1e-5)
+    model, objective, _ = _ddrl(**{"model.ddrl_gate_init": 0.1})
+    assert float(model.gate) == pytest.approx(0.1)
+    batch, pids, modalities = _mixed_batch()
+    objective.train()
+    loss, parts = objective(batch, pids, None, None, modalities=modalities)
+    assert float(parts["gate"]) == pytest.approx(0.1)
+    loss.backward()
+    assert model.gate_logit.grad is not None and float(model.gate_logit.grad.abs()) > 0
+    lrs = [g["lr"] for g in objective.optimizer_groups()["model"]
+           if any(p is model.gate_logit for p in g["params"])]
+    assert lrs == [objective.settings.gate_lr]
+    with pytest.raises(ValueError, match="ddrl_gate_init"):
+        _ddrl(**{"model.ddrl_gate_init": 1.0})

@@ -94,13 +94,17 @@ class DDRLObjective(Objective):
 
         if self.translator is None:
             return {"model": param_groups(self.model, self.cfg)}
-        translator = {id(p) for p in self.translator.parameters()}
+        s = self.settings
+        gate = [self.model.gate_logit] if self.model.gate_logit is not None else []
+        own = {id(p) for p in [*self.translator.parameters(), *gate]}
         groups = param_groups(self.model, self.cfg)
         for group in groups:
-            group["params"] = [p for p in group["params"] if id(p) not in translator]
-        s = self.settings
+            group["params"] = [p for p in group["params"] if id(p) not in own]
+        groups = [g for g in groups if g["params"]]
+        if gate:  # one scalar: at the network's lr it could not move in a short run
+            groups.append({"params": gate, "weight_decay": 0.0, "lr": s.gate_lr})
         return {
-            "model": [g for g in groups if g["params"]],
+            "model": groups,
             "gen": [{"params": list(self.translator.parameters()), "weight_decay": 0.0,
                      "lr": s.gen_lr}],
             "dis": [{"params": list(self.discriminators.parameters()), "weight_decay": 0.0,
@@ -139,7 +143,8 @@ class DDRLObjective(Objective):
         unit = self.model.unit_images(images)
         visible, infrared = unit[~is_infrared], infrared_channel(unit[is_infrared])
         terms = translation_terms(self.translator, visible, infrared)
-        spectral = multispectral_batch(self.translator, unit, is_infrared, terms.translated)
+        spectral = multispectral_batch(self.translator, unit, is_infrared, terms.translated,
+                                       gate=self.model.gate)
         out = self.model.features(spectral)
         judged = {m: self.discriminators[m](fake) for m, fake in terms.translated.items()}
         self._real = {"visible": visible.detach(), "infrared": infrared.detach()}
@@ -153,6 +158,8 @@ class DDRLObjective(Objective):
             image_level = (s.recon * parts["recon"] + s.kl * parts["kl"]
                            + s.cycle * parts["cycle"] + s.adversarial * parts["g_adv"])
             total, feature_parts = self._feature_losses(out, pids, {})
+            if self.model.gate is not None:
+                parts["gate"] = self.model.gate.detach().float()
             return total + s.image_level * image_level, {**parts, **feature_parts}
 
     def _feature_losses(self, out: Any, pids: Tensor, parts: dict[str, Tensor]):

@@ -130,6 +130,7 @@ def multispectral_batch(
     images: Tensor,
     is_infrared: Tensor,
     translated: dict[str, Tensor] | None = None,
+    gate: Tensor | None = None,
 ) -> Tensor:
     """A mixed batch (``images`` ``[B, 3, H, W]`` in ``[-1, 1]``, infrared ones as three equal
     channels) completed into multi-spectral images: a visible image keeps its RGB and gains
@@ -138,7 +139,10 @@ def multispectral_batch(
 
     ``translated`` (``losses.translation_terms``' output: ``"infrared"`` the batch's visible
     images translated, in batch order, ``"visible"`` its infrared ones) saves translating twice
-    in training."""
+    in training. ``gate`` (a scalar in ``[0, 1]``; None: 1) mixes each translation with a grey
+    stand-in (the visible image's channel mean; the infrared channel three times):
+    ``gate * translation + (1 - gate) * stand-in``, so a network can start from what a grey
+    image shows before the translator has learnt anything."""
     out = images.new_zeros((images.shape[0], 4, *images.shape[2:]))
     translated = translated or {}
     vis = ~is_infrared
@@ -147,11 +151,17 @@ def multispectral_batch(
         fake = translated.get("infrared")
         if fake is None:
             fake = translator.translate(real, "visible", "infrared")
-        out[vis] = multispectral(real, fake.to(out.dtype))
+        fake = _gated(fake.to(out.dtype), real.mean(1, keepdim=True), gate)
+        out[vis] = multispectral(real, fake)
     if is_infrared.any():
         real = infrared_channel(images[is_infrared])
         fake = translated.get("visible")
         if fake is None:
             fake = translator.translate(real, "infrared", "visible")
-        out[is_infrared] = multispectral(fake.to(out.dtype), real)
+        fake = _gated(fake.to(out.dtype), real.expand(-1, VISIBLE_CHANNELS, -1, -1), gate)
+        out[is_infrared] = multispectral(fake, real)
     return out
+
+
+def _gated(translation: Tensor, stand_in: Tensor, gate: Tensor | None) -> Tensor:
+    return translation if gate is None else gate * translation + (1 - gate) * stand_in

@@ -9,6 +9,15 @@ triplet loss trains and serving ranks by. The backbone is the project's ImageNet
 (the paper's ResNet-50 is too slow for these CPUs), its first convolution widened to four
 channels (the infrared filter starts as the mean of the RGB ones).
 
+A short run meets a problem the paper's long schedule hides: an untrained translator's
+images are noise, and they are three of the four channels of every infrared image, so the
+feature network starts blind to infrared people (measured: worse than the baseline below at
+equal steps, BENCHMARKS.md). ``model.ddrl_gate_init`` in ``(0, 1)`` mixes each translation with
+a grey stand-in (the visible image's channel mean; the infrared channel as RGB) through a
+learned gate starting there: the network starts from what a grey image shows, and takes in as
+much translation as its losses find useful (the gate is a model parameter, served as trained).
+``0`` feeds the translations as they are.
+
 ``model.ddrl_translator_base=0`` builds the same feature-level network without the image-level
 sub-network: three-channel input, infrared images as three equal channels (the comparison the
 method is measured against). The model takes a modality per image (``modalities``: 0 visible,
@@ -63,8 +72,14 @@ class DDRL(ReIDModel):
         if cfg.ddrl_hidden < 1 or cfg.ddrl_metric < 1 or cfg.ddrl_translator_base < 0:
             raise ValueError("model.ddrl_hidden and ddrl_metric must be >= 1 and "
                              "ddrl_translator_base >= 0")
+        if not 0.0 <= cfg.ddrl_gate_init < 1.0:
+            raise ValueError(f"model.ddrl_gate_init must be in [0, 1), got {cfg.ddrl_gate_init}")
         self.translator = (ModalityTranslator(base=cfg.ddrl_translator_base)
                            if cfg.ddrl_translator_base > 0 else None)
+        # A learned gate between each translation and a grey stand-in (see the module
+        # docstring); None: the translations as they are, as the paper has them.
+        self.gate_logit = (nn.Parameter(torch.logit(torch.tensor(cfg.ddrl_gate_init)))
+                           if cfg.ddrl_gate_init > 0 and self.translator is not None else None)
         in_channels = 4 if self.translator is not None else 3
         self.backbone, channels = build_trunk(
             NUM_BLOCKS, cfg.last_stride, resolve_weights(cfg.pretrained, assets)
@@ -99,7 +114,12 @@ class DDRL(ReIDModel):
         if self.translator is None:
             return unit
         is_infrared = self.infrared_mask(modalities, images.shape[0], images.device)
-        return multispectral_batch(self.translator, unit, is_infrared)
+        return multispectral_batch(self.translator, unit, is_infrared, gate=self.gate)
+
+    @property
+    def gate(self) -> Tensor | None:
+        """How much of each translation the feature network sees (the rest: grey stand-in)."""
+        return None if self.gate_logit is None else torch.sigmoid(self.gate_logit)
 
     @staticmethod
     def infrared_mask(modalities: Tensor | None, n: int, device: torch.device) -> Tensor:
