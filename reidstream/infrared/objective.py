@@ -137,10 +137,9 @@ class DDRLObjective(Objective):
         if self._shown is None and not self._records:  # no data: the first batch's people
             self._shown = (images[:GRID_IMAGES * 2].detach().cpu(),
                            is_infrared[:GRID_IMAGES * 2].cpu())
-        if self.translator is None:
-            out = self.model.features(self.model.unit_images(images))
-            return self._feature_losses(out, pids, {})
         unit = self.model.unit_images(images)
+        if self.translator is None:
+            return self._feature_losses(self.model.features(unit), pids)
         visible, infrared = unit[~is_infrared], infrared_channel(unit[is_infrared])
         terms = translation_terms(self.translator, visible, infrared)
         spectral = multispectral_batch(self.translator, unit, is_infrared, terms.translated,
@@ -157,13 +156,15 @@ class DDRLObjective(Objective):
             parts["g_adv"] = sum(adversarial[1:], adversarial[0])
             image_level = (s.recon * parts["recon"] + s.kl * parts["kl"]
                            + s.cycle * parts["cycle"] + s.adversarial * parts["g_adv"])
-            total, feature_parts = self._feature_losses(out, pids, {})
+            total, feature_parts = self._feature_losses(out, pids)
             if self.model.gate is not None:
                 parts["gate"] = self.model.gate.detach().float()
             return total + s.image_level * image_level, {**parts, **feature_parts}
 
-    def _feature_losses(self, out: Any, pids: Tensor, parts: dict[str, Tensor]):
+    def _feature_losses(self, out: Any, pids: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The feature-level sub-network's ID loss (1024-d layer) and triplet (metric branch)."""
         cfg = self.cfg
+        parts: dict[str, Tensor] = {}
         with full_precision(pids.device):
             logits, metric = out.logits[0].float(), out.features[0].float()
             parts["id"] = self.id_loss(logits, pids)
