@@ -77,22 +77,30 @@ def test_extract_features_with_untrained_bot(assets, small_embedder):
 
 def test_extract_features_passes_each_image_its_camera(assets, small_embedder, monkeypatch):
     """Records from both cameras, several batches: each image must reach the model with its
-    own camera index ("index"), or -1 ("unknown"), whatever the batch boundaries."""
+    own camera index ("index"), or -1 ("unknown"), and its own modality, whatever the batch
+    boundaries."""
+    from dataclasses import replace
+
+    from reidstream.data.market import INFRARED
     from reidstream.evaluation.evaluate import extract_features
 
     embedder = small_embedder
     seen: list = []
+    seen_modalities: list = []
     real_embed = embedder.embed
 
-    def recording_embed(crops, cameras=None):
+    def recording_embed(crops, cameras=None, modalities=None):
         seen.extend(cameras)
-        return real_embed(crops, cameras)
+        seen_modalities.extend(modalities)
+        return real_embed(crops, cameras, modalities)
 
     monkeypatch.setattr(embedder, "embed", recording_embed)
     records = read_market_folder(assets.dataset("cuhk03-labeled") / "query")[:7]
     assert {r.camid for r in records} == {0, 1}
+    records = [replace(r, modality=INFRARED) if r.camid == 1 else r for r in records]
     extract_features(embedder, records, batch_size=3, progress=False)
     assert seen == [r.camid for r in records]
+    assert seen_modalities == ["infrared" if r.camid == 1 else "visible" for r in records]
     seen.clear()
     extract_features(embedder, records, batch_size=3, cameras="unknown", progress=True)
     assert seen == [-1] * 7
