@@ -31,6 +31,7 @@ from reidstream.generative.adversarial import (
     draw_without_moving,
     generator_then_discriminator,
     picture_rows,
+    showcase,
 )
 from reidstream.generative.losses import lsgan_d_loss, lsgan_g_loss
 from reidstream.generative.networks import MultiScaleDiscriminator
@@ -229,18 +230,9 @@ class DDRLObjective(Objective):
 
 
 def _showcase(records, run: Config, count: int) -> tuple[Tensor, Tensor]:
-    """``count`` training images of each modality, one per identity, as serving sees them."""
-    from reidstream.data.transforms import build_test_transform, load_record_image
-
-    picked: list = []
-    for modality in (0, INFRARED):
-        seen: set[int] = set()
-        for rec in records:
-            if rec.modality == modality and rec.pid not in seen:
-                seen.add(rec.pid)
-                picked.append(rec)
-                if len(seen) == count:
-                    break
-    transform = build_test_transform(run.data, run.model.img_height, run.model.img_width)
-    images = torch.stack([transform(load_record_image(rec)) for rec in picked])
-    return images, torch.tensor([rec.modality == INFRARED for rec in picked])
+    """``count`` training images of each modality, one per identity, as serving sees them
+    (the generative grids' :func:`showcase`, once per modality)."""
+    visible = showcase([r for r in records if r.modality != INFRARED], run, count)[0]
+    infrared = showcase([r for r in records if r.modality == INFRARED], run, count)[0]
+    is_infrared = torch.tensor([False] * len(visible) + [True] * len(infrared))
+    return torch.cat([visible, infrared]), is_infrared
