@@ -105,7 +105,7 @@ class DDRL(ReIDModel):
 
     def unit_images(self, images: Tensor) -> Tensor:
         """Normalised RGB input -> ``[-1, 1]`` (the translator's space)."""
-        return to_unit_range(images, self.input_mean.tolist(), self.input_std.tolist())
+        return to_unit_range(images, self.input_mean, self.input_std)  # buffers: no host sync
 
     def spectral_input(self, images: Tensor, modalities: Tensor | None) -> Tensor:
         """The feature-level network's ``[-1, 1]`` input: multi-spectral (4 channels) with the
