@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from reidstream.assets import Assets
 from reidstream.config import ModelConfig
+from reidstream.data.market import INFRARED
 from reidstream.generative.networks import IMAGENET_MEAN, IMAGENET_STD, to_unit_range
 from reidstream.infrared.translation import ModalityTranslator, multispectral_batch
 from reidstream.models.base import MODELS, ReIDModel, ReIDOutput, resolve_weights
@@ -127,7 +128,7 @@ class DDRL(ReIDModel):
             return torch.zeros(n, dtype=torch.bool, device=device)
         if modalities.shape != (n,):
             raise ValueError(f"{n} images but modalities of shape {tuple(modalities.shape)}")
-        return modalities.to(device) == 1
+        return modalities.to(device) == INFRARED
 
     def features(self, spectral: Tensor) -> ReIDOutput | Tensor:
         """The feature-level sub-network on a ``[-1, 1]`` (multi-spectral) batch."""
