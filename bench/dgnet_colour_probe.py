@@ -32,7 +32,6 @@ CONFIG = ROOT / "train" / "configs" / "dgnet_cpu.yaml"
 def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
-    from torchvision.utils import save_image
 
     from reidstream.assets import Assets
     from reidstream.config import load_config
@@ -42,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     from reidstream.generative.adversarial import build_generator, statistics_frozen, to_pixels
     from reidstream.generative.losses import reconstruction_l1
     from reidstream.generative.networks import to_unit_range
-    from reidstream.generative.swap import query_people, score_grid, swap_grid
+    from reidstream.generative.swap import (
+        query_people,
+        save_swap_matrix,
+        score_grid,
+        swap_grid,
+    )
     from reidstream.models import build_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -56,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("overrides", nargs="*", help="section.key=value")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.every < 1:
+        parser.error("--steps and --every must be at least 1")
 
     torch.manual_seed(0)
     device = select_device(args.device)
@@ -113,10 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {step} | {time.time() - start:.0f} | {loss.item():.4f} | "
                   f"{100 * s.colour_share:.1f} % | {100 * s.edges_share:.1f} % |", flush=True)
     out = ROOT / "runs" / "bench" / f"dgnet_colour_probe_{args.code}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Top row: the people; row i: person i's appearance on every person's structure.
-    save_image(torch.cat([pixels[:8], *grid[:8, :8]]), out, nrow=8, padding=2, pad_value=1.0)
-    print(f"swap matrix (top row: the people; row i: person i's appearance): {out}")
+    save_swap_matrix(grid, pixels, 8, out)
+    print(f"swap matrix (row: appearance, column: structure): {out}")
     return 0
 
 

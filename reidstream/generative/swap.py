@@ -203,19 +203,25 @@ def add_arguments_run_generate(parser: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from torchvision.utils import save_image
-
     trained = load_trained_generator(args.run_dir)
     images, camids = query_people(trained.cfg, args.dataset, args.people)
     grid, pixels = trained.swap(images, camids), trained.unit(images)
     for line in score_grid(grid, pixels).lines():
         print(line)
-    show = min(args.show, len(images))  # the matrix: the first people's corner of the grid
-    blank = torch.ones_like(pixels[:1])
-    # Top row: the structure sources; left column: the appearance sources.
-    rows = [torch.cat([blank, pixels[:show]])]
-    rows += [torch.cat([pixels[i : i + 1], grid[i, :show]]) for i in range(show)]
     out = Path(args.out) if args.out else Path(args.run_dir) / "swap_matrix.png"
-    save_image(torch.cat(rows), out, nrow=show + 1, padding=2, pad_value=1.0)
+    save_swap_matrix(grid, pixels, args.show, out)
     print(f"swap matrix (row: appearance, column: structure): {out}")
     return 0
+
+
+def save_swap_matrix(grid: Tensor, pixels: Tensor, show: int, out: Path) -> None:
+    """The first ``show`` people's corner of a :func:`swap_grid` as a PNG: the structure
+    sources along the top, the appearance sources down the left."""
+    from torchvision.utils import save_image
+
+    show = min(show, len(pixels))
+    blank = torch.ones_like(pixels[:1])
+    rows = [torch.cat([blank, pixels[:show]])]
+    rows += [torch.cat([pixels[i : i + 1], grid[i, :show]]) for i in range(show)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_image(torch.cat(rows), out, nrow=show + 1, padding=2, pad_value=1.0)
