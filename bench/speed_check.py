@@ -7,9 +7,11 @@ Measures the three figures the pipeline's real-time claim rests on, with the def
 any ``section.key=value`` overrides): the detector's ms per frame (vtest.avi, batch 4), the
 embedder's crops/s (real-sized crops, batch 32), and ``bench pipeline`` at 2 cameras (sustained
 frames/s, frame latency p95). Each is printed beside the last recorded value, the CPU and the
-date it was recorded on (``bench/speed_baseline.json``). A figure more than ``--tolerance``
-worse on the same CPU model exits 1: a regression. On another CPU it only warns: the
-2026-11-22 row that did not reproduce was an AMD EPYC figure read on an Intel Xeon.
+date it was recorded on (``bench/speed_baseline.json``: one record per CPU model, so a
+machine with AVX512-BF16 and one without each compare against their own). A figure more
+than ``--tolerance`` worse on the same CPU model exits 1: a regression. A CPU without a record
+is compared with the first one and only warned about: the 2026-11-22 row that did not
+reproduce was an AMD EPYC figure read on an Intel Xeon.
 """
 
 from __future__ import annotations
@@ -84,6 +86,14 @@ def measure(overrides: list[str], seconds: float) -> dict[str, float | str]:
     }
 
 
+def load_records() -> dict[str, dict]:
+    """The recorded figures by CPU model (a file of one older record reads as one CPU's)."""
+    if not BASELINE.is_file():
+        return {}
+    data = json.loads(BASELINE.read_text())
+    return data["records"] if "records" in data else {data["cpu"]: data}
+
+
 def main() -> int:
     from reidstream.device import cpu_model
 
@@ -101,10 +111,13 @@ def main() -> int:
     print(f"\nspeed check on {cpu} (load {load:.2f} at start), commit {commit}, "
           f"{now['backends']}, overrides {args.overrides or 'none'}")
     print(f"pipeline stage seconds: {now['stage_seconds']}")
-    base = json.loads(BASELINE.read_text()) if BASELINE.is_file() else None
+    records = load_records()
+    base = records.get(cpu) or next(iter(records.values()), None)
     if base:
         print(f"recorded {base['date']} on {base['cpu']} at {base['commit']} "
               f"({base.get('backends', '')}, overrides {base.get('overrides') or 'none'})")
+        if base["cpu"] != cpu:
+            print(f"no record for this CPU yet (recorded: {'; '.join(records)})")
     same_cpu = bool(base) and base["cpu"] == cpu and base.get("overrides") == args.overrides
     worse = []
     print(f"{'figure':24s} {'now':>10s} {'recorded':>10s} {'change':>8s}")
@@ -120,12 +133,13 @@ def main() -> int:
                 worse.append(name)
         print(f"{name:24s} {value:10.1f} {old:10.1f} {change:+8.1%} {unit}{flag}")
     if args.record:
-        BASELINE.write_text(json.dumps({
+        records[cpu] = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu,
             "commit": commit, "load": round(load, 2), "overrides": args.overrides,
             "backends": now["backends"],
             "figures": {k: now[k] for k in FIGURES}, "stage_seconds": now["stage_seconds"],
-        }, indent=2) + "\n")
+        }
+        BASELINE.write_text(json.dumps({"records": records}, indent=2) + "\n")
         print(f"recorded in {BASELINE.relative_to(ROOT)}")
     elif worse:
         print(f"REGRESSION beyond {args.tolerance:.0%} on the recorded CPU: {', '.join(worse)}")

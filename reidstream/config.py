@@ -288,6 +288,9 @@ class DetectionConfig:
     min_box_height: int
     backend: str
     precision: str
+    int8_calibration: str
+    int8_frames: int
+    int8_frame_step: int
     stride: int
 
 

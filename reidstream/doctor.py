@@ -307,8 +307,12 @@ def _masked(exc: BaseException | str) -> str:
 def _python(report: Report, facts: dict, cfg: Any, args: Any) -> None:
     report.add("python", INFO, f"{platform.python_version()} ({sys.executable})")
     from reidstream.device import cpu_model
+    from reidstream.inference.backends import resolve_precision
 
-    report.add("cpu", INFO, cpu_model())
+    # What the detector computes in on this CPU decides how many cameras it keeps up with.
+    report.add("cpu", INFO, f"{cpu_model()}; detection.precision "
+               f"{cfg.detection.precision} -> {resolve_precision(cfg.detection.precision, 'cpu')}"
+               " on the CPU")
 
 
 def _torch(report: Report, facts: dict, cfg: Any, args: Any) -> None:

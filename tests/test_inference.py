@@ -15,7 +15,14 @@ from reidstream.config import load_config
 from reidstream.detection import PersonDetector
 from reidstream.detection.boxes import box_iou
 from reidstream.detection.video import read_video_frames
-from reidstream.inference import BackendUnavailable, export_embedder, pick_fastest
+from reidstream.inference import (
+    BackendUnavailable,
+    Session,
+    export_detector,
+    export_embedder,
+    pick_fastest,
+    resolve_precision,
+)
 from reidstream.inference.backends import installed_backends
 from reidstream.models import CameraRegistry, Embedder, build_model
 
@@ -124,6 +131,64 @@ def test_bf16_detector_stays_close(assets, inference_cfg):
         sure_a, sure_b = a.select(a.scores >= 0.5), b.select(b.scores >= 0.5)
         assert abs(len(sure_a) - len(sure_b)) <= 1 and len(sure_a) > 0
         assert np.median(box_iou(sure_a.boxes, b.boxes).max(axis=1)) >= 0.95
+
+
+def test_auto_precision_follows_the_hardware():
+    """bf16 only where the CPU computes it natively; AVX2-only CPUs get int8, CUDA fp16."""
+    assert resolve_precision("auto", "cpu", native_bf16=True) == "bf16"
+    assert resolve_precision("auto", "cpu", native_bf16=False) == "int8"
+    assert resolve_precision("auto", "cuda", native_bf16=False) == "fp16"
+    assert resolve_precision("f32", "cpu", native_bf16=True) == "f32"
+    with pytest.raises(ValueError, match="precision must be auto or one of"):
+        resolve_precision("int4", "cpu")
+
+
+def test_int8_detector_stays_close_on_frames_it_was_not_calibrated_on(assets, inference_cfg):
+    """int8 (calibrated on vtest.avi's first 384 frames) on frames 400 and later: the confident
+    people are the f32 detector's, boxes in place; scores move a little (as bf16's do)."""
+    frames = read_video_frames(str(assets.asset("vtest.avi")), 6, start=400, step=60)
+    base = dataclasses.replace(DEFAULTS.detection, device="cpu", backend="onnxruntime")
+    f32 = PersonDetector(dataclasses.replace(base, precision="f32"), assets, inference_cfg)
+    int8 = PersonDetector(dataclasses.replace(base, precision="int8"), assets, inference_cfg)
+    assert int8.precision == "int8" and f32.precision == "f32"
+    assert int8.exported.session.path != f32.exported.session.path
+    for a, b in zip(f32.detect(frames), int8.detect(frames), strict=True):
+        sure_a, sure_b = a.select(a.scores >= 0.5), b.select(b.scores >= 0.5)
+        assert abs(len(sure_a) - len(sure_b)) <= 1 and len(sure_a) > 0
+        assert np.median(box_iou(sure_a.boxes, b.boxes).max(axis=1)) >= 0.9
+        assert box_iou(sure_a.boxes, b.boxes).max(axis=1).min() >= 0.5  # nobody confident lost
+
+
+def test_int8_file_is_cached_by_model_and_calibration(assets, inference_cfg):
+    base = dataclasses.replace(DEFAULTS.detection, device="cpu", backend="onnxruntime",
+                               precision="int8", int8_frames=4)
+    first = PersonDetector(base, assets, inference_cfg).exported.session.path
+    stamp = first.stat().st_mtime_ns
+    again = PersonDetector(base, assets, inference_cfg).exported.session.path
+    assert again == first and first.stat().st_mtime_ns == stamp  # reused, not re-quantised
+    other = PersonDetector(dataclasses.replace(base, int8_frame_step=3), assets, inference_cfg)
+    assert other.exported.session.path != first  # other frames: other activation ranges
+    assert first.with_suffix(".json").is_file()
+
+
+def test_int8_runs_in_onnxruntime_only(assets, inference_cfg, tmp_path):
+    with pytest.raises(ValueError, match="int8 runs in onnxruntime"):
+        PersonDetector(dataclasses.replace(DEFAULTS.detection, backend="openvino",
+                                           precision="int8"), assets, inference_cfg)
+    # auto with OpenVINO named: the best OpenVINO does here, never the int8 graph
+    ov = PersonDetector(dataclasses.replace(DEFAULTS.detection, backend="openvino",
+                                            precision="auto"), assets, inference_cfg)
+    assert ov.backend == "openvino" and ov.precision in ("f32", "bf16")
+    onnx_file = export_detector(assets.asset(DEFAULTS.detection.model), tmp_path)
+    with pytest.raises(ValueError, match="int8 runs in onnxruntime"):
+        Session(onnx_file, "openvino", precision="int8")
+    with pytest.raises(ValueError, match="embed.precision must be"):
+        Embedder(build_model(dataclasses.replace(DEFAULTS.model, name="bot", pretrained="")),
+                 mean=MEAN, std=STD, device="cpu", precision="int8", backend="torch")
+    with pytest.raises(OSError, match="cannot open video"):  # not a quiet fall-back to torch
+        PersonDetector(dataclasses.replace(DEFAULTS.detection, backend="onnxruntime",
+                                           precision="int8", int8_calibration=str(onnx_file)),
+                       assets, inference_cfg)
 
 
 def test_auto_picks_an_installed_backend_and_bad_names_fail(assets, inference_cfg):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,7 @@ class PersonDetector:
         from ultralytics.utils import DEFAULT_CFG_DICT
 
         self.cfg = cfg
+        self._assets = assets
         self.weights = assets.asset(cfg.model)
         self.device = select_device(cfg.device)
         self.half = bool(cfg.half and self.device.type == "cuda")
@@ -124,15 +126,54 @@ class PersonDetector:
             return runner.detect([frame])
 
         device = self.device.type
+        requested = self.cfg.backend
+        rt.check_backend(requested, device)
+        precision = rt.resolve_precision(self.cfg.precision, device)
+        if precision == "int8" and requested not in ("auto", rt.ONNXRUNTIME, rt.TORCH):
+            if self.cfg.precision != "auto":
+                raise ValueError(f"detection.precision=int8 runs in onnxruntime, not "
+                                 f"detection.backend={requested}")
+            precision = "f32"  # auto with another runtime named: the best that one does here
+        if precision == "int8" and requested == "auto":
+            if rt.ONNXRUNTIME in rt.installed_backends(device):
+                requested = rt.ONNXRUNTIME  # the one runtime that scores the int8 graph right
+            else:
+                precision = "f32"
+
+        # int8: the calibration frames are read first, so a bad video is a clear error and
+        # not a quiet fall-back to torch under auto.
+        calibration = None
+        if precision == "int8" and requested != rt.TORCH:
+            calibration = self._calibration_frames()
+
+        def export(folder: Path) -> Path:
+            path = export_detector(self.weights, folder)
+            if calibration is not None:
+                from reidstream.inference.quantize import quantize_detector
+
+                preprocess = ExportedYolo(None, self.cfg).preprocess
+                path = quantize_detector(path, calibration, preprocess)
+            return path
+
         backend, self.exported = rt.open_backend(
-            self.cfg.backend, device, inference,
-            export=lambda folder: export_detector(self.weights, folder),
+            requested, device, inference, export=export,
             runner=lambda name, path: ExportedYolo(
-                rt.Session(path, name, device, precision=self.cfg.precision), self.cfg
+                rt.Session(path, name, device, precision=precision), self.cfg
             ),
             trial=trial, key="detection.backend", what=str(self.weights),
         )
         return backend
+
+    def _calibration_frames(self) -> list[np.ndarray]:
+        """int8's calibration: ``detection.int8_frames`` frames of ``int8_calibration``."""
+        from reidstream.detection.video import read_video_frames
+
+        cfg = self.cfg
+        video = self._assets.asset(cfg.int8_calibration)
+        frames = read_video_frames(str(video), cfg.int8_frames, step=cfg.int8_frame_step)
+        if not frames:
+            raise ValueError(f"detection.int8_calibration {video}: no frames to calibrate on")
+        return frames
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """Detections for each BGR frame, in order, from a single batched forward pass."""
@@ -172,17 +213,23 @@ class ExportedYolo:
         self.session = session
         self.cfg = cfg
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        import torch
+    def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """BGR frames -> the graph's ``images`` (float32 RGB [N, 3, H, W] in 0..1)."""
         from ultralytics.data.augment import LetterBox
-        from ultralytics.utils.nms import non_max_suppression
-        from ultralytics.utils.ops import scale_boxes
 
         same = len({f.shape for f in frames}) == 1
         letterbox = LetterBox(self.cfg.imgsz, auto=same, stride=self.STRIDE)
         batch = np.stack([letterbox(image=f) for f in frames])
         images = np.ascontiguousarray(batch[..., ::-1].transpose(0, 3, 1, 2), dtype=np.float32)
         images /= 255.0
+        return images
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        import torch
+        from ultralytics.utils.nms import non_max_suppression
+        from ultralytics.utils.ops import scale_boxes
+
+        images = self.preprocess(frames)
         raw = torch.from_numpy(self.session.run({"images": images}))
         kept = non_max_suppression(
             raw, self.cfg.conf, self.cfg.iou, classes=[PERSON_CLASS], max_det=self.cfg.max_det

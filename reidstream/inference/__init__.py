@@ -1,6 +1,7 @@
 """Exported inference: the detector and re-id models as ONNX, run by ONNX Runtime or OpenVINO
 (TensorRT / CUDA execution providers on a GPU), chosen by ``detection.backend`` and
-``embed.backend`` (``auto``: the fastest one installed, timed on the spot)."""
+``embed.backend`` (``auto``: the fastest one installed, timed on the spot); the detector also
+in int8 (``quantize.py``) where the CPU has no native bf16."""
 
 from reidstream.inference.backends import (
     BACKENDS,
@@ -8,8 +9,10 @@ from reidstream.inference.backends import (
     Session,
     installed_backends,
     pick_fastest,
+    resolve_precision,
 )
 from reidstream.inference.export import export_detector, export_embedder
+from reidstream.inference.quantize import quantize_detector
 
 __all__ = [
     "BACKENDS",
@@ -19,4 +22,6 @@ __all__ = [
     "export_embedder",
     "installed_backends",
     "pick_fastest",
+    "quantize_detector",
+    "resolve_precision",
 ]

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from reidstream.device import cpu_has_bf16
+
 log = logging.getLogger(__name__)
 
 TORCH = "torch"
@@ -29,7 +31,24 @@ ONNXRUNTIME = "onnxruntime"
 OPENVINO = "openvino"
 TENSORRT = "tensorrt"
 BACKENDS = (TORCH, ONNXRUNTIME, OPENVINO, TENSORRT)
-PRECISIONS = ("f32", "bf16", "fp16")  # fp16: TensorRT (and OpenVINO on CPUs with AMX-FP16)
+# fp16: TensorRT (and OpenVINO on CPUs with AMX-FP16); int8: a statically quantised graph
+# (``quantize.py``) in ONNX Runtime. ``auto`` is resolved by :func:`resolve_precision`.
+PRECISIONS = ("f32", "bf16", "fp16", "int8")
+
+
+def resolve_precision(requested: str, device: str, native_bf16: bool | None = None) -> str:
+    """``auto``: what is fast here without a visible loss. fp16 on CUDA; on a CPU bf16 where
+    it is native (AVX512-BF16 / AMX; ``native_bf16`` None: read this CPU's flags), else int8
+    (AVX2 only: bf16 would be emulated, slower than f32). Anything else is checked and
+    returned as asked."""
+    if requested == "auto":
+        if device == "cuda":
+            return "fp16"
+        native = cpu_has_bf16() if native_bf16 is None else native_bf16
+        return "bf16" if native else "int8"
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be auto or one of {PRECISIONS}, got {requested!r}")
+    return requested
 
 
 class BackendUnavailable(RuntimeError):
@@ -99,14 +118,20 @@ class Session:
                              f"not {backend!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "int8" and (backend != ONNXRUNTIME or device != "cpu"):
+            raise ValueError(f"int8 runs in onnxruntime on the CPU (a quantised graph), "
+                             f"not in {backend} on {device}")
         check_backend(backend, device)
         self.path = Path(path)
         self.backend = backend
         self.device = device
         # What the runtime really computes in: ONNX Runtime's CPU and CUDA providers run f32
-        # whatever is asked; TensorRT takes a non-f32 request as fp16.
+        # whatever is asked (int8: the graph itself is quantised); TensorRT takes a non-f32
+        # request as fp16; OpenVINO computes bf16 only where the CPU has it.
         if backend == OPENVINO:
-            self.precision = precision
+            self.precision = "f32" if precision == "bf16" and not cpu_has_bf16() else precision
+        elif precision == "int8":
+            self.precision = "int8"
         elif backend == TENSORRT and precision != "f32":
             self.precision = "fp16"
         else:

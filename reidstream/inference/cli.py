@@ -28,6 +28,8 @@ def add_arguments_run_export(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from reidstream.assets import Assets
     from reidstream.cli import load_cli_config
+    from reidstream.detection import PersonDetector
+    from reidstream.inference.backends import resolve_precision
     from reidstream.inference.export import cache_dir, export_detector, export_embedder
     from reidstream.models import Embedder
 
@@ -38,6 +40,10 @@ def run_export(args: argparse.Namespace) -> int:
     assets = Assets.from_config(cfg.assets)
     detector = export_detector(assets.asset(cfg.detection.model), out, force=True)
     print(f"detector: {detector}")
+    if resolve_precision(cfg.detection.precision, "cpu") == "int8":  # its int8 twin, calibrated
+        det = PersonDetector(dataclasses.replace(cfg.detection, device="cpu",
+                                                 backend="onnxruntime"), assets, cfg.inference)
+        print(f"detector int8: {det.exported.session.path}")
     cfg.embed.backend = "torch"
     embedder = Embedder.from_config(cfg, assets)
     model = embedder.model
@@ -81,7 +87,8 @@ def check(cfg, assets, n_frames: int) -> None:
             ious = [box_iou(a.boxes, b.boxes).max(1).min() for a, b in
                     zip(reference, found, strict=True) if len(a) and len(a) == len(b)]
             agree = f"min box IoU {min(ious, default=float('nan')):.4f}, {counts} frame(s) differ"
-        print(f"{'detector':9s} {backend:12s} {ms:8.1f} {agree:>30s}", flush=True)
+        label = f"{det.backend} {det.precision}"
+        print(f"{'detector':9s} {label:12s} {ms:8.1f} {agree:>30s}", flush=True)
     crops = [c for c in crops if c.size][:32] or [frames[0][:128, :64]]
     base = None
     for backend in reversed(backends):

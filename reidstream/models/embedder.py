@@ -75,6 +75,8 @@ class Embedder:
         self.flip = flip
         self.calibration = calibration
         self.size = (model.cfg.img_height, model.cfg.img_width)
+        if precision not in ("f32", "bf16", "fp16"):  # int8 / auto: the detector's only
+            raise ValueError(f"embed.precision must be f32, bf16 or fp16, got {precision!r}")
         self.precision = precision
         self.session = None  # an exported model's runtime; None runs the torch model
         self.backend = self._open_backend(backend, inference)
