@@ -12,7 +12,7 @@ import pytest
 from reidstream.config import load_config
 from reidstream.data.crossmodal import infrared_proxy, protocol_split, render
 from reidstream.data.market import DATASETS, INFRARED, VISIBLE, ImageRecord
-from reidstream.evaluation.metrics import evaluate_ranking
+from reidstream.evaluation.metrics import evaluate_ranking, ranked_gallery
 
 
 def _image(path: Path, value: int) -> None:
@@ -108,6 +108,10 @@ def test_same_room_exclusion_and_protocols_on_a_hand_built_ranking():
     same_room = evaluate_ranking(dist, q_pids, g_pids, q_cams, g_cams,
                                  ignored_camera_pairs=[(2, 1)])
     assert same_room.rank(1) == 0.0 and same_room.mAP == pytest.approx(0.5)
+    # The ranked-list picture shows what the metrics scored: the camera-2 image is left out.
+    row, g_pids, g_cams = dist[0], np.array(g_pids), np.array(g_cams)
+    assert ranked_gallery(row, 1, 2, g_pids, g_cams).tolist() == [0, 1, 2]
+    assert ranked_gallery(row, 1, 2, g_pids, g_cams, [(2, 1)]).tolist() == [1, 2]
     records = [ImageRecord(Path(f"{i}.jpg"), 1, i % 2, modality=i % 2) for i in range(4)]
     with pytest.raises(ValueError, match="eval.protocol must be"):
         protocol_split(records, records, "ir")

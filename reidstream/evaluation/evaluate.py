@@ -176,6 +176,8 @@ class EvalReport:
     config: dict[str, Any] = field(default_factory=dict)
     date: str = ""
     init: str = ""  # how an untrained model's weights were set (no checkpoint)
+    # (query camid, gallery camid) pairs the protocol leaves out (SYSU-MM01's same-room pairs)
+    ignored_camera_pairs: list[tuple[int, int]] = field(default_factory=list)
 
     def results(self) -> dict[str, RankingMetrics]:
         out = {"original": self.metrics}
@@ -282,6 +284,7 @@ def evaluate_embedder(
         timings={k: round(v, 3) for k, v in timings.items()},
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         init=f"untrained, init {pretrained}" if pretrained else "untrained, random init",
+        ignored_camera_pairs=[tuple(p) for p in ignored_camera_pairs],
     )
 
 
@@ -340,5 +343,6 @@ def save_report(
             out_dir / "ranked_list.png",
             topk=topk,
             title=f"{name}: top-{topk} ({which}); green = same identity, red = different",
+            ignored_camera_pairs=report.ignored_camera_pairs,
         )
     return paths

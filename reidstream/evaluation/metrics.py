@@ -83,12 +83,18 @@ def _keep_mask(sorted_pids, sorted_camids, q_pids, q_camids, ignored_pairs=()) -
 
 
 def ranked_gallery(
-    dist_row: np.ndarray, q_pid: int, q_camid: int, g_pids: np.ndarray, g_camids: np.ndarray
+    dist_row: np.ndarray,
+    q_pid: int,
+    q_camid: int,
+    g_pids: np.ndarray,
+    g_camids: np.ndarray,
+    ignored_camera_pairs: Sequence[tuple[int, int]] = (),
 ) -> np.ndarray:
     """Gallery indices one query is scored on, best first (what a ranked-list plot shows)."""
     order = np.argsort(dist_row, kind="stable")
     keep = _keep_mask(
-        g_pids[order][None], g_camids[order][None], np.array([q_pid]), np.array([q_camid])
+        g_pids[order][None], g_camids[order][None], np.array([q_pid]), np.array([q_camid]),
+        ignored_camera_pairs,
     )
     return order[keep[0]]
 

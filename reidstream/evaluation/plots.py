@@ -51,9 +51,11 @@ def plot_ranked_lists(
     out_path: str | Path,
     topk: int = 10,
     title: str = "",
+    ignored_camera_pairs: Sequence[tuple[int, int]] = (),
 ) -> Path:
     """One row per query: the query, then its top-k gallery images under the protocol
-    (same-camera same-identity and junk removed), green border = same identity, red = not."""
+    (same-camera same-identity, junk and the dataset's ignored camera pairs removed, as the
+    metrics count them), green border = same identity, red = not."""
     if not len(query_indices):
         raise ValueError("no queries to plot")
     g_pids = np.array([r.pid for r in gallery])
@@ -64,7 +66,8 @@ def plot_ranked_lists(
     for row, qi in enumerate(query_indices):
         q = query[qi]
         _show(axes[row, 0], _thumbnail(q.path), QUERY, f"query id {q.pid}\ncam {q.camid + 1}")
-        ranked = ranked_gallery(distmat[qi], q.pid, q.camid, g_pids, g_camids)[:topk]
+        ranked = ranked_gallery(distmat[qi], q.pid, q.camid, g_pids, g_camids,
+                                ignored_camera_pairs)[:topk]
         for col in range(topk):
             ax = axes[row, col + 1]
             if col >= len(ranked):
