@@ -18,7 +18,8 @@ import yaml
 
 GROUP_KEY = "reidstream_group"  # job metadata: which pipeline (consumer group) a job runs
 ACTIVE = ("PENDING", "RUNNING")
-AGENT_WAIT_S = 60.0  # how long a submission waits for a fresh head's job agent
+AGENT_WAIT_S = 180.0  # how long a submission waits for a fresh head's job agent (a loaded
+# 2-core head took more than 60 s to register it)
 
 
 def job_client(dashboard: str) -> Any:
