@@ -159,16 +159,50 @@ def test_int8_detector_stays_close_on_frames_it_was_not_calibrated_on(assets, in
         assert box_iou(sure_a.boxes, b.boxes).max(axis=1).min() >= 0.5  # nobody confident lost
 
 
-def test_int8_file_is_cached_by_model_and_calibration(assets, inference_cfg):
+def test_int8_file_is_cached_by_model_and_calibration(assets, inference_cfg, monkeypatch):
+    from reidstream.inference.quantize import Int8Calibration
+
     base = dataclasses.replace(DEFAULTS.detection, device="cpu", backend="onnxruntime",
                                precision="int8", int8_frames=4)
     first = PersonDetector(base, assets, inference_cfg).exported.session.path
     stamp = first.stat().st_mtime_ns
+
+    def no_reading(self):
+        raise AssertionError("a cached int8 file must be found without reading frames")
+
+    monkeypatch.setattr(Int8Calibration, "read", no_reading)
     again = PersonDetector(base, assets, inference_cfg).exported.session.path
     assert again == first and first.stat().st_mtime_ns == stamp  # reused, not re-quantised
+    monkeypatch.undo()
+    video = assets.asset(base.int8_calibration)
+    calib = Int8Calibration(video, 4, 6, 416)
+    assert calib.digest() in first.name
+    assert len({calib.digest(), dataclasses.replace(calib, imgsz=320).digest(),
+                dataclasses.replace(calib, frames=5).digest(),
+                dataclasses.replace(calib, step=3).digest()}) == 4
     other = PersonDetector(dataclasses.replace(base, int8_frame_step=3), assets, inference_cfg)
     assert other.exported.session.path != first  # other frames: other activation ranges
     assert first.with_suffix(".json").is_file()
+
+
+def test_precision_settles_on_a_runtime_that_runs_it(monkeypatch):
+    """int8 only in ONNX Runtime: auto moves there, a named runtime with int8 named is an
+    error, with precision auto it gets f32; torch runs its own f32 model."""
+    from reidstream.inference import backends as rt
+
+    monkeypatch.setattr(rt, "cpu_has_bf16", lambda: False)  # an AVX2-only CPU: auto is int8
+    assert rt.settle_precision("auto", "auto", "cpu", "k") == ("onnxruntime", "int8")
+    assert rt.settle_precision("onnxruntime", "auto", "cpu", "k") == ("onnxruntime", "int8")
+    assert rt.settle_precision("openvino", "auto", "cpu", "k") == ("openvino", "f32")
+    assert rt.settle_precision("torch", "int8", "cpu", "k") == ("torch", "f32")
+    assert rt.settle_precision("openvino", "f32", "cpu", "k") == ("openvino", "f32")
+    with pytest.raises(ValueError, match="int8 runs in onnxruntime, not k=openvino"):
+        rt.settle_precision("openvino", "int8", "cpu", "k")
+    monkeypatch.setattr(rt, "cpu_has_bf16", lambda: True)
+    assert rt.settle_precision("auto", "auto", "cpu", "k") == ("auto", "bf16")
+    monkeypatch.setattr(rt, "installed_backends", lambda device: ["openvino", "torch"])
+    monkeypatch.setattr(rt, "cpu_has_bf16", lambda: False)
+    assert rt.settle_precision("auto", "auto", "cpu", "k") == ("auto", "f32")
 
 
 def test_int8_runs_in_onnxruntime_only(assets, inference_cfg, tmp_path):

@@ -126,31 +126,22 @@ class PersonDetector:
             return runner.detect([frame])
 
         device = self.device.type
-        requested = self.cfg.backend
-        rt.check_backend(requested, device)
-        precision = rt.resolve_precision(self.cfg.precision, device)
-        if precision == "int8" and requested not in ("auto", rt.ONNXRUNTIME, rt.TORCH):
-            if self.cfg.precision != "auto":
-                raise ValueError(f"detection.precision=int8 runs in onnxruntime, not "
-                                 f"detection.backend={requested}")
-            precision = "f32"  # auto with another runtime named: the best that one does here
-        if precision == "int8" and requested == "auto":
-            if rt.ONNXRUNTIME in rt.installed_backends(device):
-                requested = rt.ONNXRUNTIME  # the one runtime that scores the int8 graph right
-            else:
-                precision = "f32"
-
-        # int8: the calibration frames are read first, so a bad video is a clear error and
-        # not a quiet fall-back to torch under auto.
+        requested, precision = rt.settle_precision(
+            self.cfg.backend, self.cfg.precision, device, "detection.backend"
+        )
         calibration = None
-        if precision == "int8" and requested != rt.TORCH:
-            calibration = self._calibration_frames()
+        if precision == "int8":
+            from reidstream.inference.quantize import Int8Calibration, quantize_detector
+
+            calibration = Int8Calibration(
+                self._assets.asset(self.cfg.int8_calibration), self.cfg.int8_frames,
+                self.cfg.int8_frame_step, self.cfg.imgsz,
+            )
+            calibration.check()  # a bad video is a clear error, not a quiet fall-back to torch
 
         def export(folder: Path) -> Path:
             path = export_detector(self.weights, folder)
             if calibration is not None:
-                from reidstream.inference.quantize import quantize_detector
-
                 preprocess = ExportedYolo(None, self.cfg).preprocess
                 path = quantize_detector(path, calibration, preprocess)
             return path
@@ -163,17 +154,6 @@ class PersonDetector:
             trial=trial, key="detection.backend", what=str(self.weights),
         )
         return backend
-
-    def _calibration_frames(self) -> list[np.ndarray]:
-        """int8's calibration: ``detection.int8_frames`` frames of ``int8_calibration``."""
-        from reidstream.detection.video import read_video_frames
-
-        cfg = self.cfg
-        video = self._assets.asset(cfg.int8_calibration)
-        frames = read_video_frames(str(video), cfg.int8_frames, step=cfg.int8_frame_step)
-        if not frames:
-            raise ValueError(f"detection.int8_calibration {video}: no frames to calibrate on")
-        return frames
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """Detections for each BGR frame, in order, from a single batched forward pass."""

@@ -51,6 +51,31 @@ def resolve_precision(requested: str, device: str, native_bf16: bool | None = No
     return requested
 
 
+# Runtimes that score a statically quantised (QDQ) graph right: OpenVINO reads the int8
+# detector but lost a third of its boxes on it (BENCHMARKS.md, "A CPU without bf16").
+INT8_BACKENDS = (ONNXRUNTIME,)
+
+
+def settle_precision(backend: str, precision: str, device: str, key: str) -> tuple[str, str]:
+    """(backend, precision) once the rules between them are applied: ``precision`` resolved
+    (:func:`resolve_precision`), and int8 only where it runs right (``INT8_BACKENDS``). Under
+    ``auto`` int8 takes ONNX Runtime (f32 where it is not installed); a runtime named in
+    ``key`` with int8 named too is an error, with ``auto`` precision it gets its best float
+    (f32: a CPU that resolves to int8 has no native bf16). torch runs its own float model."""
+    check_backend(backend, device)
+    resolved = resolve_precision(precision, device)
+    if resolved != "int8" or backend in INT8_BACKENDS:
+        return backend, resolved
+    if backend == TORCH:
+        return backend, "f32"
+    if backend == "auto":
+        installed = [b for b in INT8_BACKENDS if b in installed_backends(device)]
+        return (installed[0], "int8") if installed else (backend, "f32")
+    if precision != "auto":
+        raise ValueError(f"precision int8 runs in {', '.join(INT8_BACKENDS)}, not {key}={backend}")
+    return backend, "f32"
+
+
 class BackendUnavailable(RuntimeError):
     """A backend was asked for by name but this machine cannot run it."""
 
@@ -118,7 +143,7 @@ class Session:
                              f"not {backend!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if precision == "int8" and (backend != ONNXRUNTIME or device != "cpu"):
+        if precision == "int8" and (backend not in INT8_BACKENDS or device != "cpu"):
             raise ValueError(f"int8 runs in onnxruntime on the CPU (a quantised graph), "
                              f"not in {backend} on {device}")
         check_backend(backend, device)

@@ -37,7 +37,7 @@ def cache_dir(configured: str) -> Path:
     return path
 
 
-def _write_atomically(target: Path, write: Any) -> Path:
+def write_atomically(target: Path, write: Any) -> Path:
     """``write(tmp_path)`` then rename to ``target``; the manifest lands beside it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as tmp:
@@ -47,7 +47,7 @@ def _write_atomically(target: Path, write: Any) -> Path:
     return target
 
 
-def _manifest(target: Path, info: dict[str, Any]) -> None:
+def write_manifest(target: Path, info: dict[str, Any]) -> None:
     info = {"format": EXPORT_FORMAT, "opset": OPSET, "file": target.name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info}
     target.with_suffix(".json").write_text(json.dumps(info, indent=2))
@@ -75,8 +75,8 @@ def export_detector(weights: str | Path, out_dir: str | Path, force: bool = Fals
         )
         os.replace(produced, tmp_file)
 
-    _write_atomically(target, write)
-    _manifest(target, {"kind": "detector", "source": str(weights), "sha256_12": digest,
+    write_atomically(target, write)
+    write_manifest(target, {"kind": "detector", "source": str(weights), "sha256_12": digest,
                        "inputs": ["images"], "output": "predictions [N, 4 + classes, anchors]"})
     return target
 
@@ -128,12 +128,12 @@ def export_embedder(
     if policy == "error":
         model.unknown_camera = "zero"
     try:
-        _write_atomically(target, write)
+        write_atomically(target, write)
     finally:
         model.train(was_training)
         if policy == "error":
             model.unknown_camera = policy
-    _manifest(target, {"kind": "embedder", "model": model.cfg.name, "digest": digest,
+    write_manifest(target, {"kind": "embedder", "model": model.cfg.name, "digest": digest,
                        "unknown_camera": policy, "inputs": ["images", "camera_ids"],
                        "image_size": [height, width], "feature_dim": int(model.feature_dim)})
     return target

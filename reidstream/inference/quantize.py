@@ -7,8 +7,9 @@ that to ~30 ms.
 
 Calibration: activation ranges (min/max) are read from real frames put through the
 detector's own letterbox, so the ranges are those the pipeline will meet. The quantised file
-is cached beside the f32 export, named by the f32 file and a digest of the calibration
-(frames and settings): a new model or new calibration never reuses a stale file.
+is cached beside the f32 export, named by the f32 file and a digest of the calibration (the
+video's hash and the settings): a new model or new calibration never reuses a stale file, and
+a detector start that finds the file reads no frame.
 
 The result is a QDQ graph for ONNX Runtime's CPU provider. OpenVINO reads such graphs but
 scored them wrongly here (a third of the boxes lost), so int8 runs in ONNX Runtime only.
@@ -19,43 +20,75 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from reidstream.inference.export import _manifest, _write_atomically
+from reidstream.assets import sha256_of
+from reidstream.inference.export import write_atomically, write_manifest
 
 # Operators quantised; the detection head's box decoding (DFL, the final concatenation and
 # arithmetic of /model.22/) stays float: it mixes pixel offsets and scores in one tensor.
 QUANTISED_OPS = ("Conv", "Mul", "Add", "Concat", "MaxPool", "Resize", "Sigmoid")
 HEAD_DECODE = ("dfl", "Concat", "Sigmoid", "Split", "Sub", "Add", "Div", "Mul")
 HEAD_PREFIX = "/model.22/"
+# Bump when the recipe changes in a way the settings below do not show.
+RECIPE = 1
 
 
-def calibration_digest(batches: Sequence[np.ndarray]) -> str:
-    digest = hashlib.sha256(json.dumps([QUANTISED_OPS, HEAD_DECODE]).encode())
-    for batch in batches:
-        digest.update(str(batch.shape).encode())
-        digest.update(np.ascontiguousarray(batch).tobytes())
-    return digest.hexdigest()[:12]
+@dataclass(frozen=True)
+class Int8Calibration:
+    """Which frames set the activation ranges: every ``step``-th of the first ``frames *
+    step`` of ``video``, letterboxed to ``imgsz``. Its :meth:`digest` names the cached file, so
+    a detector start finds the file without reading the video (only a hash of it)."""
+
+    video: Path
+    frames: int
+    step: int
+    imgsz: int
+
+    def digest(self) -> str:
+        settings = {"recipe": RECIPE, "ops": QUANTISED_OPS, "float": HEAD_DECODE,
+                    "video_sha256": sha256_of(Path(self.video)), "frames": self.frames,
+                    "step": self.step, "imgsz": self.imgsz}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+    def read(self) -> list[np.ndarray]:
+        """The BGR frames; a video that does not open or has no frames is an error."""
+        from reidstream.detection.video import read_video_frames
+
+        frames = read_video_frames(str(self.video), self.frames, step=self.step)
+        if not frames:
+            raise ValueError(f"int8 calibration video {self.video}: no frames to calibrate on")
+        return frames
+
+    def check(self) -> None:
+        """Fail now, with a clear error, on a video that is missing or does not decode (not
+        later inside an export, where ``auto`` would quietly fall back to torch)."""
+        from reidstream.detection.video import read_video_frames
+
+        if not Path(self.video).is_file():
+            raise FileNotFoundError(f"int8 calibration video {self.video} does not exist")
+        if not read_video_frames(str(self.video), 1):
+            raise ValueError(f"int8 calibration video {self.video}: no frames to calibrate on")
 
 
 def quantize_detector(
     f32_path: str | Path,
-    frames: Sequence[np.ndarray],
+    calibration: Int8Calibration,
     preprocess: Callable[[Sequence[np.ndarray]], np.ndarray],
     force: bool = False,
 ) -> Path:
-    """The int8 twin of ``f32_path`` (cached), calibrated on ``frames`` (BGR) one at a time
-    through ``preprocess`` (frames -> the model's ``images`` input)."""
-    if not frames:
-        raise ValueError("int8 calibration needs at least one frame")
+    """The int8 twin of ``f32_path`` (cached by the f32 file's name and the calibration's
+    digest), calibrated on the calibration's frames one at a time through ``preprocess``
+    (frames -> the model's ``images`` input). The frames are read only to build it."""
     f32_path = Path(f32_path)
-    batches = [preprocess([frame]) for frame in frames]
-    tag = calibration_digest(batches)
+    tag = calibration.digest()
     target = f32_path.with_name(f"{f32_path.stem}-int8-{tag}.onnx")
     if target.is_file() and not force:
         return target
+    batches = [preprocess([frame]) for frame in calibration.read()]
 
     def write(tmp_file: Path) -> None:
         import onnx
@@ -92,8 +125,10 @@ def quantize_detector(
             op_types_to_quantize=list(QUANTISED_OPS), nodes_to_exclude=keep_float,
         )
 
-    _write_atomically(target, write)
-    _manifest(target, {"kind": "detector-int8", "source": f32_path.name,
-                       "calibration": {"frames": len(frames), "digest": tag,
-                                       "method": "minmax, per-channel int8 weights"}})
+    write_atomically(target, write)
+    write_manifest(target, {"kind": "detector-int8", "source": f32_path.name,
+                            "calibration": {"video": str(calibration.video),
+                                            "frames": len(batches), "step": calibration.step,
+                                            "imgsz": calibration.imgsz, "digest": tag,
+                                            "method": "minmax, per-channel int8 weights"}})
     return target
