@@ -3,6 +3,7 @@
     python bench/site_adaptation.py --style site1 --seed 21 [--identities-a 80]
         [--steps shipped,calibrated,spcl] [--train-args spcl.must_link=false ...]
         [--tag NAME] [--train-config train/configs/paul_cpu.yaml --tag paul --steps paul]
+        [--steps spcl,blend --blend 0.5]
 
 For one camera style (a "site", ``reidstream/scenes/style.py``) and a seed, every step is a
 real ``reidstream`` command (printed before it runs; skipped when its output exists, so an
@@ -15,7 +16,9 @@ interrupted run resumes):
 4. ``calibrate`` the shipped model on harvest A, ``bench scene`` B with it.
 5. ``train`` ``spcl_cpu.yaml`` on harvest A (plus ``--train-args``), ``bench scene`` B with
    the adapted model (it carries its own calibration from A).
-6. ``eval`` each model on the restyled test set (site cameras by name) and the adapted one on
+6. ``blend`` (step ``blend``): the adapted model moved ``--blend`` of the way back to the
+   shipped one (WiSE-FT) and re-calibrated on harvest A: less forgetting for some of the gain.
+7. ``eval`` each model on the restyled test set (site cameras by name) and the adapted ones on
    cuhk03-labeled (what the source still scores).
 
 Scene B's people are never in A; nothing is chosen on B. Results: one JSON per step under
@@ -66,6 +69,8 @@ def main() -> None:
     parser.add_argument("--steps", default="shipped,calibrated,spcl")
     parser.add_argument("--train-config", default="train/configs/spcl_cpu.yaml")
     parser.add_argument("--train-args", nargs="*", default=[])
+    parser.add_argument("--blend", type=float, default=0.5,
+                        help="step blend: the shipped model's weight in the blend")
     parser.add_argument(
         "--tag", default="spcl", help="names the adapted run and its results; a step of its own"
     )
@@ -105,6 +110,21 @@ def main() -> None:
              *args.train_args], ROOT / "runs/train" / name / "model.pt")
         models[args.tag] = f"runs/train/{name}/model.pt"
         summary[args.tag] = {"cuhk03-labeled": eval_metrics(ROOT / "runs/train" / name)}
+    if "blend" in steps:  # the adapted model of --tag, trained by this or an earlier run
+        name = f"{style}-seed{seed}-{args.tag}"
+        adapted = ROOT / "runs/train" / name / "model.pt"
+        if not adapted.is_file():
+            raise SystemExit(f"step blend needs {adapted}: run step {args.tag} first")
+        label = f"{args.tag}-blend{args.blend:g}"
+        blended = Path(f"runs/blend/{name}-blend{args.blend:g}.pt")
+        run(["blend", str(adapted.relative_to(ROOT)), "--start", "transreid_hybrid_cuhk03.pt",
+             "--weight", f"{args.blend:g}", "--harvest", str(harvest), "--out", str(blended)],
+            ROOT / blended)
+        source = out / f"eval-{label}-cuhk03-labeled"
+        run(["eval", f"eval.checkpoint={blended}", "eval.dataset=cuhk03-labeled",
+             f"eval.output_dir={source}", "eval.plot_queries=0"], ROOT / source / "metrics.json")
+        models[label] = str(blended)
+        summary[label] = {"cuhk03-labeled": eval_metrics(ROOT / source)}
     for label, checkpoint in models.items():
         result = out / f"B-{label}.json"
         run(["bench", "scene", "--scene", str(scene_b), "--out", str(result),

@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "harvest": ("reidstream.adaptation.cli", "run_harvest", "inspect harvested track crops"),
     "calibrate": ("reidstream.adaptation.cli", "run_calibrate",
                   "calibrate a checkpoint for a site from its harvest"),
+    "blend": ("reidstream.adaptation.cli", "run_blend",
+              "blend a fine-tuned checkpoint back towards its start (WiSE-FT)"),
     "export": ("reidstream.inference.cli", "run_export",
                "export the detector and embedder to ONNX, check them in every runtime"),
     "generate": ("reidstream.generative.swap", "run_generate",

@@ -395,6 +395,7 @@ class TrainConfig:
     final_lr_factor: float
     amp: bool
     freeze_bn_stats: bool
+    blend_init: float
     grad_clip: float
     seed: int
     id_loss: str

@@ -686,6 +686,20 @@ def _site_harvest(data_dir: Path, folder: Path) -> Path:
     return folder
 
 
+def _start_checkpoint(tmp_path: Path):
+    """(config, path) of a small supervised TransReID checkpoint (cameras c1, c2, 5 classes):
+    the start of a fine-tune."""
+    from reidstream.models import build_model, save_checkpoint
+
+    base = load_config(overrides={
+        "model.name": "transreid", "model.backbone": "mobilenetv2", "model.depth": 1,
+        "model.jpm": False, "model.pretrained": "", "model.num_cameras": 2,
+        "model.num_classes": 5, "model.img_height": 64, "model.img_width": 32,
+    })
+    torch.manual_seed(0)
+    return base, save_checkpoint(tmp_path / "start.pt", build_model(base.model), ["c1", "c2"], {})
+
+
 @pytest.mark.slow
 def test_spcl_two_workers_adapt_with_one_memory_and_export_a_calibration(
     ray_local, assets_dir, data_dir, tmp_path
@@ -730,19 +744,11 @@ def test_paul_trains_end_to_end_from_a_checkpoint(ray_local, assets_dir, data_di
     """PAUL on two workers: a patch generator added to a trained checkpoint, two views of each
     harvested crop, both losses (DDP told that the cls head gets no gradient from them), the
     export embeds with the patches."""
-    import torch as _torch
-
-    from reidstream.models import build_model, load_checkpoint, save_checkpoint
+    from reidstream.models import load_checkpoint
     from reidstream.training.job import run_training
 
     harvest = _site_harvest(data_dir, tmp_path / "harvest")
-    base = load_config(overrides={
-        "model.name": "transreid", "model.backbone": "mobilenetv2", "model.depth": 1,
-        "model.jpm": False, "model.pretrained": "", "model.num_cameras": 2,
-        "model.num_classes": 5, "model.img_height": 64, "model.img_width": 32,
-    })
-    _torch.manual_seed(0)
-    trained = save_checkpoint(tmp_path / "start.pt", build_model(base.model), ["c1", "c2"], {})
+    base, trained = _start_checkpoint(tmp_path)
     cfg = _tiny_cfg(
         assets_dir, data_dir, tmp_path,
         **{
@@ -750,7 +756,7 @@ def test_paul_trains_end_to_end_from_a_checkpoint(ray_local, assets_dir, data_di
             "model.jpm": False, "model.pretrained": "", "model.patches": 2,
             "train.objective": "paul", "train.init_checkpoint": str(trained), "train.workers": 2,
             "train.epochs": 1, "data.target": str(harvest), "data.images_per_id": 2,
-            "paul.neighbours": 3, "calibration.min_pairs": 2,
+            "paul.neighbours": 3, "calibration.min_pairs": 2, "train.blend_init": 1.0,
         },
     )
     outcome = run_training(cfg)
@@ -759,6 +765,12 @@ def test_paul_trains_end_to_end_from_a_checkpoint(ray_local, assets_dir, data_di
     loaded = load_checkpoint(outcome.model_path)
     assert loaded.model.pgn is not None and loaded.model.feature_dim == 192 * 3
     assert loaded.cameras.to_list() == ["gate", "lobby"]  # target only: the site's cameras
+    # train.blend_init 1.0: every weight the start had is the start's again (new modules, the
+    # patch generator, keep what they learned: they have no start to go back to)
+    start_model = load_checkpoint(trained).model
+    assert torch.allclose(loaded.model.blocks[0].attn.qkv.weight,
+                          start_model.blocks[0].attn.qkv.weight, atol=1e-3)
+    assert torch.allclose(loaded.model.sie.table[0], start_model.sie.table.mean(0), atol=1e-3)
 
 
 def test_init_checkpoint_maps_cameras_by_name_and_leaves_out_the_classifier(assets, tmp_path):
@@ -780,6 +792,83 @@ def test_init_checkpoint_maps_cameras_by_name_and_leaves_out_the_classifier(asse
     assert torch.equal(site.sie.table[0], table[1]) and torch.equal(site.sie.table[2], table[0])
     assert torch.allclose(site.sie.table[1], table.mean(0))
     assert torch.equal(site.blocks[0].attn.qkv.weight, trained.blocks[0].attn.qkv.weight)
+
+
+def test_blend_moves_float_weights_on_the_line_back_to_the_start(assets, tmp_path):
+    """WiSE-FT: ``(1 - w) * tuned + w * start`` on every float weight, the start aligned as for
+    init (a site camera's SIE row: the start's mean row); counters stay; bad weights refused."""
+    from reidstream.models import build_model, load_checkpoint, save_checkpoint
+    from reidstream.models.transfer import blend_weights, start_weights
+
+    base = load_config(overrides={
+        "model.name": "transreid", "model.depth": 1, "model.jpm": False, "model.pretrained": "",
+        "model.num_classes": 5, "model.num_cameras": 2,
+    })
+    torch.manual_seed(0)
+    path = save_checkpoint(tmp_path / "start.pt", build_model(base.model), ["c1", "c2"], {})
+    start_ckpt = load_checkpoint(path)
+    torch.manual_seed(1)
+    tuned = build_model(dataclasses.replace(base.model, num_classes=0, num_cameras=3))
+    tuned.state_dict()["heads.0.bn.num_batches_tracked"].fill_(7)
+    before = {k: v.clone() for k, v in tuned.state_dict().items()}
+    start = start_weights(tuned, start_ckpt, ["c2", "gate", "c1"])
+    assert torch.allclose(start["sie.table"][1], start_ckpt.model.sie.table.detach().mean(0))
+    assert blend_weights(tuned, start, 0.0) == 0
+    assert all(torch.equal(v, before[k]) for k, v in tuned.state_dict().items())
+    moved = blend_weights(tuned, start, 0.25)
+    after = tuned.state_dict()
+    floats = [k for k, v in before.items() if v.is_floating_point()]
+    assert moved == len(floats) > 10
+    for key in floats:
+        assert torch.allclose(after[key], 0.75 * before[key] + 0.25 * start[key], atol=1e-6), key
+    assert int(after["heads.0.bn.num_batches_tracked"]) == 7  # not a float: stays
+    tuned.load_state_dict(before)
+    blend_weights(tuned, start, 1.0)
+    assert all(torch.equal(tuned.state_dict()[k], start[k]) for k in floats)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        blend_weights(tuned, start, 1.5)
+    with pytest.raises(ValueError, match="lacks 1"):
+        blend_weights(tuned, {k: v for k, v in start.items() if k != "sie.table"}, 0.5)
+
+
+def test_blend_init_needs_the_checkpoint_it_blends_with(tmp_path):
+    """train.blend_init without train.init_checkpoint, or outside [0, 1], fails before Ray."""
+    from reidstream.training.job import build_trainer
+
+    for overrides, match in (({"train.blend_init": 0.5}, "needs train.init_checkpoint"),
+                             ({"train.blend_init": -0.1}, r"in \[0, 1\]")):
+        with pytest.raises(ValueError, match=match):
+            build_trainer(load_config(None, overrides), str(tmp_path), "run")
+
+
+def test_blend_command_blends_and_recalibrates_on_the_harvest(assets_dir, data_dir, tmp_path):
+    """``reidstream blend``: the weights are the blend of the two checkpoints, the site
+    calibration is derived again on the harvest (refused without one: it would be stale)."""
+    from reidstream.adaptation.calibration import META_KEY, SiteCalibration
+    from reidstream.cli import main
+    from reidstream.models import build_model, load_checkpoint, save_checkpoint
+
+    harvest = _site_harvest(data_dir, tmp_path / "harvest")
+    base, start = _start_checkpoint(tmp_path)
+    torch.manual_seed(1)
+    site_model = build_model(dataclasses.replace(base.model, num_classes=0, num_cameras=4))
+    stale = {"mean": "not this model's"}
+    tuned = save_checkpoint(tmp_path / "tuned.pt", site_model, ["c1", "c2", "gate", "lobby"],
+                            {META_KEY: stale}, half=True)
+    common = ["--start", str(start), "--weight", "0.5", "--out", str(tmp_path / "blend.pt"),
+              f"assets.assets_dir={assets_dir}", "calibration.min_pairs=2"]
+    with pytest.raises(SystemExit, match="pass --harvest"):
+        main(["blend", str(tuned), *common])
+    assert main(["blend", str(tuned), *common, "--harvest", str(harvest)]) == 0
+    blended = load_checkpoint(tmp_path / "blend.pt")
+    rows = load_checkpoint(start).model.sie.table  # c1, c2; the site's cameras: their mean
+    rows = torch.cat([rows, rows.mean(0, keepdim=True).expand(2, -1)])
+    want = 0.5 * load_checkpoint(tuned).model.sie.table + 0.5 * rows
+    assert torch.allclose(blended.model.sie.table, want, atol=2e-3)  # stored in fp16, as tuned
+    assert blended.meta["blend"]["start_weight"] == 0.5
+    calib = SiteCalibration.from_meta(blended.meta)
+    assert calib.cameras == ["gate", "lobby"] and calib.pooled.impostors >= 10
+    assert blended.cameras.to_list() == ["c1", "c2", "gate", "lobby"]
 
 
 def test_frozen_batchnorm_is_only_what_came_with_statistics():

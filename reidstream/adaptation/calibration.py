@@ -210,7 +210,7 @@ def calibrate_harvest(checkpoint: str, harvest: str, out: str, cfg: Any):
 
     from reidstream.models import load_checkpoint, save_checkpoint
 
-    path = _checkpoint_path(checkpoint, cfg)
+    path = checkpoint_path(checkpoint, cfg)
     vectors, records, cameras, cannot = embed_harvest(path, harvest, cfg)
     calib = calibrate_records(vectors, records, cameras, cannot, cfg.calibration)
     loaded = load_checkpoint(path)
@@ -222,7 +222,7 @@ def calibrate_harvest(checkpoint: str, harvest: str, out: str, cfg: Any):
     return calib, Path(out)
 
 
-def _checkpoint_path(checkpoint: str, cfg: Any):
+def checkpoint_path(checkpoint: str, cfg: Any):
     from pathlib import Path
 
     from reidstream.assets import Assets
@@ -239,7 +239,7 @@ def embed_harvest(checkpoint: str, harvest: str, cfg: Any):
     from reidstream.models import Embedder
 
     embed_cfg = dataclasses.replace(cfg.embed, site_calibration=False)
-    embedder = Embedder.from_checkpoint(_checkpoint_path(str(checkpoint), cfg), embed_cfg)
+    embedder = Embedder.from_checkpoint(checkpoint_path(str(checkpoint), cfg), embed_cfg)
     return embed_harvest_with(embedder.embed, harvest)
 
 

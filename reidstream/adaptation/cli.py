@@ -52,3 +52,52 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(calib.describe())
     print(f"calibrated checkpoint: {out}")
     return 0
+
+
+def add_arguments_run_blend(parser: argparse.ArgumentParser) -> None:
+    from reidstream.cli import add_config_arguments
+
+    parser.add_argument("checkpoint", help="the fine-tuned (e.g. site-adapted) checkpoint")
+    parser.add_argument("--start", required=True,
+                        help="the checkpoint it was fine-tuned from (a path or a shipped name)")
+    parser.add_argument("--weight", type=float, required=True,
+                        help="the start's weight in the blend, 0..1 (0: the fine-tune as it is)")
+    parser.add_argument("--harvest", default="",
+                        help="harvest folder of the site: re-calibrate the blend on it (required "
+                             "when the checkpoint carries a site calibration)")
+    parser.add_argument("--out", required=True, help="where to write the blended checkpoint")
+    add_config_arguments(parser)
+
+
+def run_blend(args: argparse.Namespace) -> int:
+    """Blend a fine-tune with its start (what ``train.blend_init`` does at the end of a run)
+    and re-calibrate it: a blend moves the similarity scale, so the old calibration is wrong."""
+    from pathlib import Path
+
+    import torch
+
+    from reidstream.adaptation.calibration import META_KEY, calibrate_harvest, checkpoint_path
+    from reidstream.cli import load_cli_config
+    from reidstream.models import load_checkpoint, save_checkpoint
+    from reidstream.models.transfer import blend_weights, start_weights
+
+    cfg = load_cli_config(args)
+    path = checkpoint_path(args.checkpoint, cfg)
+    tuned = load_checkpoint(path)
+    if META_KEY in tuned.meta and not args.harvest:
+        raise SystemExit(f"{path} carries a site calibration, which the blend would leave "
+                         "wrong: pass --harvest DIR to re-calibrate it")
+    start_path = checkpoint_path(args.start, cfg)
+    start = start_weights(tuned.model, load_checkpoint(start_path), tuned.cameras.names)
+    blend_weights(tuned.model, start, args.weight)
+    meta = {k: v for k, v in tuned.meta.items() if k != META_KEY}
+    meta["blend"] = {"start": str(start_path), "start_weight": float(args.weight)}
+    stored = torch.load(path, map_location="cpu", weights_only=True)["state_dict"].values()
+    half = any(t.dtype == torch.float16 for t in stored)
+    out = save_checkpoint(args.out, tuned.model, tuned.cameras, meta, half=half)
+    print(f"blended {path} with {args.weight:.2f} of {start_path}: {out}")
+    if args.harvest:
+        calib, out = calibrate_harvest(str(out), args.harvest, str(out), cfg)
+        print(calib.describe())
+        print(f"re-calibrated on {Path(args.harvest)}: {out}")
+    return 0

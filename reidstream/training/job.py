@@ -101,6 +101,10 @@ def build_trainer(cfg: Config, storage: str, name: str):
     t = cfg.train
     if t.workers < 1:
         raise ValueError(f"train.workers must be >= 1, got {t.workers}")
+    if not 0.0 <= t.blend_init <= 1.0:
+        raise ValueError(f"train.blend_init must be in [0, 1], got {t.blend_init}")
+    if t.blend_init > 0.0 and not t.init_checkpoint:
+        raise ValueError("train.blend_init needs train.init_checkpoint (the weights to blend with)")
     gpu = use_gpu(t.device, t.workers, t.gpus_per_worker)
     resources = {"CPU": t.cpus_per_worker}
     if gpu:

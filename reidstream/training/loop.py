@@ -49,10 +49,6 @@ from reidstream.training.state import (
 
 log = logging.getLogger(__name__)
 
-# Modules a model may add on top of the checkpoint it starts from (PAUL's patch generator).
-NEW_MODULE_PREFIXES = ("pgn.",)
-
-
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point; ``loop_config["cfg"]`` is the run's full config as a dict."""
     import ray.train
@@ -135,6 +131,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         report_epoch(metrics, rank, objective, data, cfg, progress, opt)
     if trainer.bar is not None:
         trainer.bar.close()
+    blend_with_init(objective.model, cfg, assets, data.cameras)
     ctx = epoch_context(progress.epoch, rank, objective, data, cfg)
     extra_meta = {**objective.export_meta(ctx), **site_calibration_meta(ctx, data, cfg)}
     finish(cfg, rank, objective, data, assets, progress, opt, extra_meta)
@@ -185,59 +182,39 @@ def build_run_model(cfg: Config, data: TrainData, assets: Assets):
 def init_from_checkpoint(
     model: torch.nn.Module, name: str, assets: Assets, cameras: list[str] | None = None
 ) -> None:
-    """Start from a trained checkpoint's weights (fine-tuning). Every weight must fit: a model
-    or class count that differs is an error, not a silently half-loaded network.
-
-    Two differences are intended and handled: SIE rows are taken by camera *name* (a camera
-    the checkpoint never saw, e.g. a new site's, starts from the mean of its rows), and a
-    model built without classifier heads (contrastive objectives) leaves the checkpoint's out.
-    """
+    """Start from a trained checkpoint's weights (fine-tuning), aligned by
+    :func:`reidstream.models.transfer.start_weights` (SIE rows by camera name, classifier heads
+    left out where the model has none); weights that do not fit are an error."""
     from reidstream.models import load_checkpoint
+    from reidstream.models.transfer import start_weights
 
     path = assets.asset(name)  # a shipped or asset name, or a path
-    checkpoint = load_checkpoint(path)
-    loaded = checkpoint.model.state_dict()
-    own = model.state_dict()
-    if cameras is not None and "sie.table" in own and "sie.table" in loaded:
-        loaded["sie.table"] = _camera_rows(loaded["sie.table"], checkpoint.cameras.names, cameras)
-    if model.cfg.num_classes == 0:
-        dropped = [k for k in loaded if k not in own and ".classifier." in k]
-        for key in dropped:
-            del loaded[key]
-        if dropped:
-            log.info("init checkpoint: %d classifier weight(s) left out (no classifier here)",
-                     len(dropped))
-    # A patch generator added on top of a checkpoint without one starts from its stripes.
-    fresh = [k for k in own if k.startswith(NEW_MODULE_PREFIXES) and k not in loaded]
-    for key in fresh:
-        loaded[key] = own[key]
-    if fresh:
-        log.info("init checkpoint: %d weight(s) of new modules %s keep their initialisation",
-                 len(fresh), NEW_MODULE_PREFIXES)
-    misfits = sorted(
-        k for k in own.keys() | loaded.keys()
-        if k not in own or k not in loaded or own[k].shape != loaded[k].shape
-    )
-    if misfits:
-        raise ValueError(
-            f"train.init_checkpoint {path} does not fit model.* and the training data: "
-            f"{len(misfits)} weights differ in name or shape, e.g. {misfits[:4]}"
-        )
+    try:
+        loaded = start_weights(model, load_checkpoint(path), cameras)
+    except ValueError as exc:
+        raise ValueError(f"train.init_checkpoint {path} does not fit model.* and the training "
+                         f"data: {exc}") from exc
     model.load_state_dict(loaded, strict=True)
     log.info("weights initialised from %s", path)
 
 
-def _camera_rows(table: torch.Tensor, trained: tuple[str, ...], wanted: list[str]) -> torch.Tensor:
-    """SIE rows in ``wanted`` order: a trained camera's own row, else the trained rows' mean.
-    (Camera-only tables: one row per camera.)"""
-    if table.shape[0] != len(trained):
-        return table  # a view table: rows are not cameras, leave it to the fit check
-    index = {name: i for i, name in enumerate(trained)}
-    mean = table.mean(0)
-    new = [c for c in wanted if c not in index]
-    if new:
-        log.info("init checkpoint: new camera(s) %s start from the mean SIE row", new)
-    return torch.stack([table[index[c]] if c in index else mean for c in wanted])
+def blend_with_init(
+    model: torch.nn.Module, cfg: Config, assets: Assets, cameras: list[str]
+) -> None:
+    """``train.blend_init``: the trained weights moved that far back towards
+    ``train.init_checkpoint`` (WiSE-FT) before export and site calibration."""
+    weight = cfg.train.blend_init
+    if weight <= 0.0:
+        return
+    if not cfg.train.init_checkpoint:
+        raise ValueError("train.blend_init needs train.init_checkpoint (the weights to blend with)")
+    from reidstream.models import load_checkpoint
+    from reidstream.models.transfer import blend_weights, start_weights
+
+    path = assets.asset(cfg.train.init_checkpoint)
+    start = start_weights(model, load_checkpoint(path), cameras)
+    moved = blend_weights(model, start, weight)
+    log.info("blended %d weight tensors %.2f of the way back to %s", moved, weight, path)
 
 
 def build_loader(cfg: Config, data: TrainData, objective: str, rank: Rank):
