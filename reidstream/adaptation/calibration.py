@@ -206,8 +206,6 @@ def calibrate_harvest(checkpoint: str, harvest: str, out: str, cfg: Any):
     carries), calibrate, and write the checkpoint with the new calibration to ``out``."""
     from pathlib import Path
 
-    import torch
-
     from reidstream.models import load_checkpoint, save_checkpoint
 
     path = checkpoint_path(checkpoint, cfg)
@@ -215,10 +213,7 @@ def calibrate_harvest(checkpoint: str, harvest: str, out: str, cfg: Any):
     calib = calibrate_records(vectors, records, cameras, cannot, cfg.calibration)
     loaded = load_checkpoint(path)
     meta = {**loaded.meta, META_KEY: calib.to_meta(), "site_calibration_from": str(harvest)}
-    # fp16 weights were widened to fp32 on loading; store them as they came
-    stored = torch.load(path, map_location="cpu", weights_only=True)["state_dict"].values()
-    half = any(t.dtype == torch.float16 for t in stored)
-    save_checkpoint(out, loaded.model, loaded.cameras, meta, half=half)
+    save_checkpoint(out, loaded.model, loaded.cameras, meta, half=loaded.stored_half)
     return calib, Path(out)
 
 

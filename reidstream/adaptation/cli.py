@@ -74,8 +74,6 @@ def run_blend(args: argparse.Namespace) -> int:
     and re-calibrate it: a blend moves the similarity scale, so the old calibration is wrong."""
     from pathlib import Path
 
-    import torch
-
     from reidstream.adaptation.calibration import META_KEY, calibrate_harvest, checkpoint_path
     from reidstream.cli import load_cli_config
     from reidstream.models import load_checkpoint, save_checkpoint
@@ -92,9 +90,7 @@ def run_blend(args: argparse.Namespace) -> int:
     blend_weights(tuned.model, start, args.weight)
     meta = {k: v for k, v in tuned.meta.items() if k != META_KEY}
     meta["blend"] = {"start": str(start_path), "start_weight": float(args.weight)}
-    stored = torch.load(path, map_location="cpu", weights_only=True)["state_dict"].values()
-    half = any(t.dtype == torch.float16 for t in stored)
-    out = save_checkpoint(args.out, tuned.model, tuned.cameras, meta, half=half)
+    out = save_checkpoint(args.out, tuned.model, tuned.cameras, meta, half=tuned.stored_half)
     print(f"blended {path} with {args.weight:.2f} of {start_path}: {out}")
     if args.harvest:
         calib, out = calibrate_harvest(str(out), args.harvest, str(out), cfg)

@@ -33,6 +33,7 @@ class LoadedCheckpoint:
     model_cfg: ModelConfig
     cameras: CameraRegistry
     meta: dict[str, Any]
+    stored_half: bool = False  # the file held fp16 weights (widened to fp32 on loading)
 
 
 def save_checkpoint(
@@ -104,6 +105,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         model_cfg=model_cfg,
         cameras=CameraRegistry.from_list(payload["cameras"]),
         meta=dict(payload["meta"]),
+        stored_half=any(t.dtype == torch.float16 for t in payload["state_dict"].values()),
     )
 
 

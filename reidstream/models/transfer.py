@@ -80,9 +80,11 @@ def blend_weights(model: nn.Module, start: dict[str, Tensor], start_weight: floa
     if missing:
         raise ValueError(f"blend: the start lacks {len(missing)} of the model's weights, "
                          f"e.g. {missing[:4]}")
+    if start_weight == 0.0:
+        return 0
     moved = 0
     for key, tensor in state.items():
-        if not tensor.is_floating_point() or start_weight == 0.0:
+        if not tensor.is_floating_point():
             continue
         other = start[key].to(device=tensor.device, dtype=tensor.dtype)
         tensor.lerp_(other, start_weight)  # state_dict tensors share the module's storage

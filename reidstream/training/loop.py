@@ -205,9 +205,7 @@ def blend_with_init(
     ``train.init_checkpoint`` (WiSE-FT) before export and site calibration."""
     weight = cfg.train.blend_init
     if weight <= 0.0:
-        return
-    if not cfg.train.init_checkpoint:
-        raise ValueError("train.blend_init needs train.init_checkpoint (the weights to blend with)")
+        return  # build_trainer checked that init_checkpoint is set when it is not
     from reidstream.models import load_checkpoint
     from reidstream.models.transfer import blend_weights, start_weights
 
