@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reidstream.adaptation.cluster import ClusterParams, pseudo_labels  # noqa: E402
+from reidstream.adaptation.cluster import ClusterParams, pair_scores, pseudo_labels  # noqa: E402
 
 
 def synthetic(crops: int, per_person: int, dim: int, noise: float, seed: int = 0):
@@ -38,16 +38,6 @@ def synthetic(crops: int, per_person: int, dim: int, noise: float, seed: int = 0
     return feats, pid, cam
 
 
-def pair_scores(labels: np.ndarray, clustered: np.ndarray, pid: np.ndarray) -> tuple[float, float]:
-    """Pairwise precision / recall of the clusters, counted per cluster and per person."""
-    lab = labels[clustered]
-    same_cluster = sum(n * (n - 1) / 2 for n in np.unique(lab, return_counts=True)[1])
-    keys = lab.astype(np.int64) * (pid.max() + 1) + pid[clustered]
-    both = sum(n * (n - 1) / 2 for n in np.unique(keys, return_counts=True)[1])
-    same_person = sum(n * (n - 1) / 2 for n in np.unique(pid, return_counts=True)[1])
-    return both / max(same_cluster, 1), both / max(same_person, 1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--crops", type=int, default=100_000)
@@ -59,7 +49,8 @@ def main() -> None:
     started = time.perf_counter()
     result = pseudo_labels(feats, ClusterParams(), cameras=cam)
     seconds = time.perf_counter() - started
-    precision, recall = pair_scores(result.labels, result.clustered, pid)
+    scores = pair_scores(result.labels, result.clustered, pid)
+    precision, recall = scores["precision"], scores["recall"]
     print(f"{args.crops} crops of {args.crops // args.per_person} people, {args.dim}-d: "
           f"clustered in {seconds:.1f} s; {result.num_clusters} clusters, "
           f"{int(result.clustered.sum())} crops clustered; pair precision {precision:.3f}, "

@@ -15,6 +15,7 @@ from reidstream.adaptation.cluster import (
     _iou_with,
     centre_per_camera,
     dbscan,
+    pair_scores,
     pseudo_labels,
 )
 from reidstream.adaptation.memory import HybridMemory
@@ -133,6 +134,21 @@ def dataclass_replace(obj, **changes):
     import dataclasses
 
     return dataclasses.replace(obj, **changes)
+
+
+def test_pair_scores_by_hand():
+    # Clusters {0,1,2} and {3,4}; 5 is un-clustered. People: 0,1 are A; 2,3 are B; 4,5 are C.
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    clustered = np.array([True, True, True, True, True, False])
+    pids = np.array([0, 0, 1, 1, 2, 2])
+    cams = np.array([0, 1, 0, 1, 0, 1])
+    s = pair_scores(labels, clustered, pids, cams)
+    # Cluster pairs: (0,1) right, (0,2), (1,2), (3,4) wrong: 1 of 4. Person pairs: 3, one found.
+    assert s["precision"] == pytest.approx(1 / 4)
+    assert s["recall"] == pytest.approx(1 / 3)
+    # Cross-camera cluster pairs: (0,1), (1,2), (3,4); right: (0,1).
+    assert (s["cross_pairs"], s["cross_right"]) == (3, 1)
+    assert "cross_pairs" not in pair_scores(labels, clustered, pids)
 
 
 def test_reliability_dissolves_loose_clusters_and_keeps_thresholds():
