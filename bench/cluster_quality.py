@@ -10,7 +10,7 @@ then prints
 
 - nearest neighbours (features centred per camera, as the clustering sees them): how often
   an image's nearest other image is the same person, among all images, among the other
-  camera's, among its own camera's;
+  camera's, among its own camera's; and how far apart the cameras' mean features are;
 - for each clustering setting (default: the config's ``spcl`` section): clusters, images
   clustered, pair precision and recall against the true identities, and the cross-camera
   pairs the clusters hold and how many of them are right.
@@ -90,6 +90,14 @@ def neighbour_rates(feats: np.ndarray, pids: np.ndarray, cams: np.ndarray) -> di
     return out
 
 
+def camera_gap(feats: np.ndarray, cams: np.ndarray) -> float:
+    """Mean distance between the cameras' mean features: how far training pushes the cameras
+    apart (0 for a camera-blind embedding)."""
+    means = np.stack([feats[cams == c].mean(axis=0) for c in np.unique(cams)])
+    dists = np.linalg.norm(means[:, None] - means[None], axis=2)
+    return float(dists[np.triu_indices(len(means), 1)].mean()) if len(means) > 1 else 0.0
+
+
 def parse_setting(text: str, base: ClusterParams) -> ClusterParams:
     fields = {f.name: f.type for f in dataclasses.fields(ClusterParams)}
     values = {}
@@ -123,7 +131,8 @@ def main() -> None:
           f"{time.perf_counter() - started:.0f} s")
     rates = neighbour_rates(feats, pids, cams)
     print("nearest neighbour is the same person: " + ", ".join(
-        f"{name} {rate:.3f}" for name, rate in rates.items()))
+        f"{name} {rate:.3f}" for name, rate in rates.items())
+        + f"; distance between the cameras' mean features {camera_gap(feats, cams):.3f}")
     base = cluster_params(cfg.spcl)
     settings = [parse_setting(s, base) for s in args.setting] or [base]
     print("| k1 | k2 | eps | min_samples | clusters | images clustered | pair precision | "

@@ -201,6 +201,9 @@ class SpclConfig:
     must_link: bool
     cannot_link: bool
     camera_centre: bool
+    camera_proxies: bool
+    inter_weight: float
+    hard_negatives: int
 
 
 @dataclass

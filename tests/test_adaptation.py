@@ -194,6 +194,45 @@ def test_hybrid_memory_loss_by_hand():
     assert acc_s.item() == 0.0
 
 
+def test_camera_proxies_loss_by_hand():
+    """Each pseudo-identity split by camera: an intra-camera softmax over the sample's own
+    camera's proxies, plus an inter-camera term (all the identity's proxies positive, each
+    against the hardest other-identity proxies); a source sample keeps the unified loss."""
+    eye = torch.eye(4)
+    source = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    memory = HybridMemory(eye, source, temperature=0.5, momentum=0.2,
+                          cameras=torch.tensor([0, 1, 0, 1]))
+    memory.set_labels(torch.tensor([0, 0, 1, 1]))  # one person per label, seen by both cameras
+    centroids, label, camera, sample_proxy = memory.camera_proxies()
+    assert torch.allclose(centroids, eye) and label.tolist() == [0, 0, 1, 1]
+    assert camera.tolist() == [0, 1, 0, 1] and sample_proxy.tolist() == [0, 1, 2, 3]
+
+    feats = eye[:1]  # sample 0 (camera 0, label 0): logits 2, 0, 0, 0 against the proxies
+    loss, acc = memory.camera_loss(feats, torch.tensor([True]), torch.tensor([0]),
+                                   inter_weight=0.5, hard_negatives=1)
+    intra = -math.log(math.exp(2) / (math.exp(2) + math.exp(0)))  # camera 0's proxies: 0 and 2
+    hard = 0.0  # the one hardest negative's logit (proxies 2, 3: both 0)
+    inter = ((math.log(math.exp(2) + math.exp(hard)) - 2)
+             + (math.log(math.exp(0) + math.exp(hard)) - 0)) / 2  # positives: proxies 0 and 1
+    assert loss.item() == pytest.approx(intra + 0.5 * inter, rel=1e-5) and acc.item() == 1.0
+
+    # A source sample in the batch: its unified loss, averaged with the target sample's.
+    both = torch.cat([feats, source])
+    mixed, _ = memory.camera_loss(both, torch.tensor([True, False]), torch.tensor([0, 0]),
+                                  inter_weight=0.5, hard_negatives=1)
+    unified, _ = memory.loss(source, torch.tensor([False]), torch.tensor([0]))
+    assert mixed.item() == pytest.approx((loss.item() + unified.item()) / 2, rel=1e-5)
+
+    # One identity in the memory: no negatives at all, and still a finite gradient.
+    memory.set_labels(torch.zeros(4, dtype=torch.long))
+    grad_feats = eye[:1].clone().requires_grad_(True)
+    lone, _ = memory.camera_loss(grad_feats, torch.tensor([True]), torch.tensor([0]))
+    lone.backward()
+    assert torch.isfinite(lone) and torch.isfinite(grad_feats.grad).all()
+    with pytest.raises(ValueError, match="cameras"):
+        HybridMemory(eye).camera_proxies()
+
+
 def test_hybrid_memory_momentum_updates():
     target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     source = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

@@ -431,7 +431,8 @@ def test_gcl_two_workers_on_a_harvest_with_one_memory_and_resume(
            "data.target": str(harvest), "spcl.k1": 4, "spcl.k2": 2, "spcl.min_samples": 2,
            "gcl.structure_dim": 16, "gcl.base_channels": 8, "gcl.res_blocks": 1,
            "gcl.disc_base": 8, "gcl.disc_scales": 2, "gcl.joint_start": 2,
-           "calibration.min_pairs": 2, "train.export_half": False},
+           "calibration.min_pairs": 2, "train.export_half": False,
+           "spcl.camera_proxies": True},  # the harvest's two cameras split each identity
     )
     outcome = run_training(cfg)
     run_dir = outcome.run_dir
@@ -859,6 +860,11 @@ def test_blend_command_blends_and_recalibrates_on_the_harvest(assets_dir, data_d
               f"assets.assets_dir={assets_dir}", "calibration.min_pairs=2"]
     with pytest.raises(SystemExit, match="pass --harvest"):
         main(["blend", str(tuned), *common])
+    bad_weight = [*common[:2], "--weight", "1.5", *common[4:]]
+    with pytest.raises(SystemExit, match="0..1; got 1.5"):
+        main(["blend", str(tmp_path / "not-loaded-first.pt"), *bad_weight])
+    with pytest.raises(SystemExit, match="no such folder"):
+        main(["blend", str(tuned), *common, "--harvest", str(tmp_path / "no-harvest")])
     assert main(["blend", str(tuned), *common, "--harvest", str(harvest)]) == 0
     blended = load_checkpoint(tmp_path / "blend.pt")
     rows = load_checkpoint(start).model.sie.table  # c1, c2; the site's cameras: their mean

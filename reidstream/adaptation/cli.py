@@ -79,6 +79,10 @@ def run_blend(args: argparse.Namespace) -> int:
     from reidstream.models import load_checkpoint, save_checkpoint
     from reidstream.models.transfer import blend_weights, start_weights
 
+    if not 0.0 <= args.weight <= 1.0:  # before minutes of loading, not after
+        raise SystemExit(f"--weight is the start's share of the blend, 0..1; got {args.weight}")
+    if args.harvest and not Path(args.harvest).is_dir():
+        raise SystemExit(f"--harvest {args.harvest}: no such folder")
     cfg = load_cli_config(args)
     path = checkpoint_path(args.checkpoint, cfg)
     tuned = load_checkpoint(path)

@@ -33,6 +33,7 @@ class HybridMemory:
         source_centroids: Tensor | None = None,
         temperature: float = 0.05,
         momentum: float = 0.2,
+        cameras: Tensor | None = None,
     ) -> None:
         if not 0.0 <= momentum < 1.0 or temperature <= 0:
             raise ValueError("memory needs 0 <= momentum < 1 and temperature > 0")
@@ -45,6 +46,10 @@ class HybridMemory:
         self.momentum = momentum
         self.labels = torch.arange(len(self.features))  # until the first clustering
         self.num_target_classes = len(self.features)
+        # The camera of every target sample: camera-aware proxies (camera_loss) need them.
+        self.cameras = None if cameras is None else torch.as_tensor(cameras, dtype=torch.long)
+        if self.cameras is not None and len(self.cameras) != len(self.features):
+            raise ValueError("memory: one camera per target sample")
 
     @property
     def num_source_classes(self) -> int:
@@ -97,3 +102,61 @@ class HybridMemory:
             for cls in classes.unique():
                 mean = feats[source][classes == cls].mean(0)
                 self.source[cls] = F.normalize(m * self.source[cls] + (1 - m) * mean, dim=0)
+
+    def camera_proxies(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Each pseudo-identity split by camera (Wang et al., "Camera-aware Proxies", AAAI
+        2021): (proxy centroids [P, D], label of each proxy, camera of each proxy, proxy of
+        each target sample)."""
+        if self.cameras is None:
+            raise ValueError("camera proxies need the memory built with the samples' cameras")
+        width = int(self.cameras.max()) + 1
+        keys, sample_proxy = torch.unique(self.labels * width + self.cameras, return_inverse=True)
+        sums = self.features.new_zeros((len(keys), self.features.shape[1]))
+        sums.index_add_(0, sample_proxy, self.features)
+        return F.normalize(sums, dim=1), keys // width, keys % width, sample_proxy
+
+    def camera_loss(
+        self,
+        feats: Tensor,
+        is_target: Tensor,
+        targets: Tensor,
+        inter_weight: float = 0.5,
+        hard_negatives: int = 50,
+    ) -> tuple[Tensor, Tensor]:
+        """(mean loss, accuracy) with camera-aware proxies for the target samples.
+
+        Why: against one entry per identity, the easiest negatives are another camera's
+        people, so the unified loss pays the model to tell cameras apart, the opposite of
+        re-id across them. Here a target feature meets (1) an **intra-camera** softmax over
+        the proxies of its own camera only (its own proxy the positive), and (2) an
+        **inter-camera** term, weighted ``inter_weight``: every proxy of its pseudo-identity
+        (all cameras) a positive, each against the ``hard_negatives`` most similar proxies of
+        other identities. Source samples (adaptation) keep the unified loss.
+        """
+        centroids, proxy_label, proxy_cam, sample_proxy = self.camera_proxies()
+        rows = targets[is_target].cpu()
+        feats_t = feats[is_target].float()
+        device = feats.device
+        logits = feats_t @ centroids.to(device).t() / self.temperature
+        own = sample_proxy[rows].to(device)
+        cams = self.cameras[rows].to(device)
+        labels = self.labels[rows].to(device)
+        same_cam = proxy_cam.to(device)[None] == cams[:, None]
+        intra = F.cross_entropy(logits.masked_fill(~same_cam, float("-inf")), own,
+                                reduction="none")
+        positive = proxy_label.to(device)[None] == labels[:, None]
+        negatives = logits.masked_fill(positive, -1e4)  # finite: a row may have no negatives
+        hard = negatives.topk(min(hard_negatives, logits.shape[1]), dim=1).values
+        hard_lse = torch.logsumexp(hard, dim=1, keepdim=True)
+        per_positive = torch.logaddexp(logits, hard_lse) - logits
+        inter = (per_positive * positive).sum(1) / positive.sum(1)
+        total = (intra + inter_weight * inter).sum()
+        with torch.no_grad():
+            right = (logits.masked_fill(~same_cam, float("-inf")).argmax(1) == own).float().sum()
+        source = ~is_target
+        if source.any():
+            loss_s, acc_s = self.loss(feats[source], is_target[source], targets[source])
+            total = total + loss_s * int(source.sum())
+            right = right + acc_s * int(source.sum())
+        return total / len(feats), right / len(feats)
+

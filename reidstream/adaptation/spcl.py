@@ -13,7 +13,8 @@ site gives for free, each switchable: tracks as must-links (``spcl.must_link``),
 tracks of a camera as cannot-links (``spcl.cannot_link``), and per-camera centring
 (``spcl.camera_centre``); the model's SIE rows for the site's cameras train with everything
 else. The unified contrastive loss then pulls each feature to its class entry, and the memory
-follows by momentum after every step.
+follows by momentum after every step. With ``spcl.camera_proxies`` target samples meet each
+pseudo-identity split by camera instead (:meth:`HybridMemory.camera_loss`).
 
 **One memory on every rank**: the memory is identical on all Ray Train workers because (1) it
 is initialised from the same gathered embeddings (:func:`reidstream.training.features.
@@ -67,6 +68,9 @@ class SpCLObjective(Objective):
         if data is None or data.target_start < 0:
             raise ValueError("spcl needs an unlabelled target: set data.target")
         self.spcl = run.spcl
+        bad = self.spcl.hard_negatives < 1 or self.spcl.inter_weight < 0
+        if self.spcl.camera_proxies and bad:
+            raise ValueError("spcl.camera_proxies needs hard_negatives >= 1 and inter_weight >= 0")
         self.params = cluster_params(run.spcl)
         self.target_start = data.target_start
         target = data.target_records
@@ -123,7 +127,8 @@ class SpCLObjective(Objective):
             sums.index_add_(0, self.source_labels, source)
             centroids = F.normalize(sums, dim=1)
         self.memory = HybridMemory(
-            target, centroids, self.spcl.temperature, self.spcl.momentum
+            target, centroids, self.spcl.temperature, self.spcl.momentum,
+            cameras=torch.from_numpy(self.cameras),
         )
 
     # -- the step -------------------------------------------------------------------------------
@@ -148,7 +153,13 @@ class SpCLObjective(Objective):
             raise RuntimeError("spcl: start_epoch must run before the first step")
         feats = F.normalize(embedding.float(), dim=1)
         is_target, targets = self._targets(index)
-        loss, acc = self.memory.loss(feats, is_target.to(feats.device), targets.to(feats.device))
+        is_target, targets = is_target.to(feats.device), targets.to(feats.device)
+        if self.spcl.camera_proxies:
+            loss, acc = self.memory.camera_loss(
+                feats, is_target, targets, self.spcl.inter_weight, self.spcl.hard_negatives
+            )
+        else:
+            loss, acc = self.memory.loss(feats, is_target, targets)
         return loss, acc, feats
 
     def _targets(self, index: Tensor) -> tuple[Tensor, Tensor]:
