@@ -142,8 +142,8 @@ class HybridMemory:
         cams = self.cameras[rows].to(device)
         labels = self.labels[rows].to(device)
         same_cam = proxy_cam.to(device)[None] == cams[:, None]
-        intra = F.cross_entropy(logits.masked_fill(~same_cam, float("-inf")), own,
-                                reduction="none")
+        own_camera = logits.masked_fill(~same_cam, float("-inf"))
+        intra = F.cross_entropy(own_camera, own, reduction="none")
         positive = proxy_label.to(device)[None] == labels[:, None]
         negatives = logits.masked_fill(positive, -1e4)  # finite: a row may have no negatives
         hard = negatives.topk(min(hard_negatives, logits.shape[1]), dim=1).values
@@ -152,11 +152,10 @@ class HybridMemory:
         inter = (per_positive * positive).sum(1) / positive.sum(1)
         total = (intra + inter_weight * inter).sum()
         with torch.no_grad():
-            right = (logits.masked_fill(~same_cam, float("-inf")).argmax(1) == own).float().sum()
+            right = (own_camera.argmax(1) == own).float().sum()
         source = ~is_target
         if source.any():
             loss_s, acc_s = self.loss(feats[source], is_target[source], targets[source])
             total = total + loss_s * int(source.sum())
             right = right + acc_s * int(source.sum())
         return total / len(feats), right / len(feats)
-
