@@ -15,6 +15,10 @@ then prints
   clustered, pair precision and recall against the true identities, and the cross-camera
   pairs the clusters hold and how many of them are right.
 
+``--colour`` also scores a hand-made feature that needs no training at all (clothing colour:
+RGB histograms of six horizontal stripes, :mod:`reidstream.adaptation.colour`) and its even
+mix with the model's (``spcl.colour_weight=0.5``), as neighbours and as clusters.
+
 Use it to choose ``spcl.k1`` / ``eps`` / ``min_samples`` on a labelled development set before
 adapting to one without labels (BENCHMARKS.md, "Fully unsupervised SpCL").
 """
@@ -36,9 +40,11 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 from reidstream.adaptation.cluster import (  # noqa: E402
     ClusterParams,
     centre_per_camera,
+    mix_features,
     pair_scores,
     pseudo_labels,
 )
+from reidstream.adaptation.colour import colour_histograms  # noqa: E402
 from reidstream.adaptation.spcl import cluster_params  # noqa: E402
 
 
@@ -68,7 +74,7 @@ def embed_split(args: argparse.Namespace):
                           Rank(0, 1, torch.device("cpu")))
     pids = np.array([r.pid for r in records])
     cams = np.array([r.camid for r in records])
-    return feats.numpy(), pids, cams, cfg
+    return feats.numpy(), pids, cams, cfg, records
 
 
 def neighbour_rates(feats: np.ndarray, pids: np.ndarray, cams: np.ndarray) -> dict[str, float]:
@@ -120,11 +126,13 @@ def main() -> None:
                         help="clustering settings to score, e.g. k1=10,k2=3,eps=0.5 (repeatable; "
                         "keys of ClusterParams, the rest from the config's spcl section)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--colour", action="store_true", help="also score stripe colour "
+                        "histograms and their even mix with the model's features")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.img_height=128")
     args = parser.parse_args()
 
     started = time.perf_counter()
-    feats, pids, cams, cfg = embed_split(args)
+    feats, pids, cams, cfg, records = embed_split(args)
     print(f"{args.dataset} train: {len(feats)} images of {len(np.unique(pids))} people, "
           f"{len(np.unique(cams))} cameras; embedded with "
           f"{args.checkpoint or args.config + ' (its start)'} in "
@@ -133,17 +141,28 @@ def main() -> None:
     print("nearest neighbour is the same person: " + ", ".join(
         f"{name} {rate:.3f}" for name, rate in rates.items())
         + f"; distance between the cameras' mean features {camera_gap(feats, cams):.3f}")
+    spaces = {"model": feats}
+    if args.colour:
+        from reidstream.data.transforms import load_record_image
+
+        colour = colour_histograms(load_record_image(r) for r in records)
+        spaces["even mix"] = mix_features(feats, colour, cams, 0.5)
+        for name, x in (("colour histograms", colour), ("even mix", spaces["even mix"])):
+            print(f"{name}: nearest neighbour is the same person: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in neighbour_rates(x, pids, cams).items()))
     base = cluster_params(cfg.spcl)
     settings = [parse_setting(s, base) for s in args.setting] or [base]
-    print("| k1 | k2 | eps | min_samples | clusters | images clustered | pair precision | "
-          "pair recall | cross-camera pairs (right) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| features | k1 | k2 | eps | min_samples | clusters | images clustered | "
+          "pair precision | pair recall | cross-camera pairs (right) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for params in settings:
-        result = pseudo_labels(feats, params, cameras=cams)
-        s = pair_scores(result.labels, result.clustered, pids, cams)
-        print(f"| {params.k1} | {params.k2} | {params.eps} | {params.min_samples} | "
-              f"{result.num_clusters} | {int(result.clustered.sum())} | {s['precision']:.3f} | "
-              f"{s['recall']:.3f} | {s['cross_pairs']} ({s['cross_right']}) |", flush=True)
+        for name, x in spaces.items():
+            result = pseudo_labels(x, params, cameras=cams)
+            s = pair_scores(result.labels, result.clustered, pids, cams)
+            print(f"| {name} | {params.k1} | {params.k2} | {params.eps} | {params.min_samples} | "
+                  f"{result.num_clusters} | {int(result.clustered.sum())} | "
+                  f"{s['precision']:.3f} | {s['recall']:.3f} | "
+                  f"{s['cross_pairs']} ({s['cross_right']}) |", flush=True)
 
 
 if __name__ == "__main__":

@@ -204,6 +204,7 @@ class SpclConfig:
     camera_proxies: bool
     inter_weight: float
     hard_negatives: int
+    colour_weight: float
 
 
 @dataclass

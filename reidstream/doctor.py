@@ -312,7 +312,9 @@ def _python(report: Report, facts: dict, cfg: Any, args: Any) -> None:
     # What the detector computes in on this CPU decides how many cameras it keeps up with.
     report.add("cpu", INFO, f"{cpu_model()}; detection.precision "
                f"{cfg.detection.precision} -> {resolve_precision(cfg.detection.precision, 'cpu')}"
-               " on the CPU")
+               f" on the CPU; embed.precision {cfg.embed.precision}"
+               + (" (f32 or int8, the faster, timed when an embedder starts)"
+                  if cfg.embed.precision == "auto" else ""))
 
 
 def _torch(report: Report, facts: dict, cfg: Any, args: Any) -> None:

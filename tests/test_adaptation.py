@@ -397,6 +397,96 @@ def test_paul_losses_and_bank_updates(tmp_path):
     assert changed.tolist() == [True, False, False, True, False, False]
 
 
+# ---- clothing colour as a clustering prior ------------------------------------------------------
+
+
+def test_colour_histograms_by_hand():
+    from PIL import Image
+
+    from reidstream.adaptation.colour import colour_histograms
+
+    pixels = np.zeros((128, 64, 3), np.uint8)
+    pixels[:64] = (255, 0, 0)  # top band red: levels (1, 0, 0) -> code 4 of 2**3
+    pixels[64:] = (0, 0, 255)  # bottom band blue: code 1
+    half = pixels.copy()
+    half[:64, 32:] = (0, 255, 0)  # top band half green: code 2
+    hist = colour_histograms([Image.fromarray(pixels), Image.fromarray(half)], stripes=2, bins=2)
+    assert hist.shape == (2, 16)
+    expected = np.zeros(16, np.float32)
+    expected[[4, 8 + 1]] = 1.0
+    assert np.allclose(hist[0], expected)
+    expected[[2, 4]] = math.sqrt(0.5)
+    assert np.allclose(hist[1], expected)
+    assert np.allclose(np.linalg.norm(hist.reshape(2, 2, 8), axis=2), 1.0)  # each band counts once
+    with pytest.raises(ValueError, match="bins"):
+        colour_histograms([], bins=0)
+
+
+def test_mix_features_weights_the_two_similarities():
+    from reidstream.adaptation.cluster import mix_features
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 5)), rng.normal(size=(6, 3))
+    cams = np.array([0, 0, 0, 1, 1, 1])
+
+    def cos(x):
+        return x @ x.T
+
+    norm = centre_per_camera  # each part camera-centred and normalised
+    mixed = mix_features(a, b, cams, 0.25)
+    assert np.allclose(cos(mixed), 0.75 * cos(norm(a, cams)) + 0.25 * cos(norm(b, cams)),
+                       atol=1e-5)
+    plain = mix_features(a, b, None, 1.0)  # all colour, no centring
+    unit_b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    assert np.allclose(cos(plain), cos(unit_b), atol=1e-5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        mix_features(a, b, cams, 1.5)
+
+
+def test_spcl_colour_weight_clusters_by_clothing_colour(tmp_path):
+    """Features that say nothing (random) cluster nobody; with spcl.colour_weight=1 the same
+    run's pseudo-labels follow the clothes: reds together, blues together, across cameras."""
+    from PIL import Image
+
+    from reidstream.adaptation.spcl import SpCLObjective
+    from reidstream.data.market import UNLABELLED, ImageRecord
+    from reidstream.models import build_model
+    from reidstream.training.context import EpochContext, Rank
+    from reidstream.training.data import TrainData
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(12):
+        colour = (200, 30, 30) if i % 2 == 0 else (30, 30, 200)
+        pixels = np.clip(np.array(colour) + rng.normal(0, 8, (128, 64, 3)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / f"{i}.png")
+        records.append(ImageRecord(tmp_path / f"{i}.png", UNLABELLED, i % 4 // 2))  # 2 cameras
+
+    def labels_with(weight: float) -> np.ndarray:
+        cfg = load_config(overrides={
+            "model.name": "bot", "model.pretrained": "", "spcl.mode": "unsupervised",
+            "spcl.k1": 4, "spcl.k2": 1, "spcl.eps": 0.5, "spcl.min_samples": 2,
+            "spcl.reliability": False, "spcl.colour_weight": weight,
+        })
+        model = build_model(cfg.model)
+        data = TrainData(records=records, num_classes=0, cameras=["cam1", "cam2"], sources=[],
+                         target="t", target_start=0)
+        objective = SpCLObjective(model, cfg.train, cfg, data)
+        noise = torch.from_numpy(np.random.default_rng(1).normal(size=(12, 64))).float()
+
+        def embed(indices):
+            return torch.nn.functional.normalize(noise[indices], dim=1)
+
+        return objective.start_epoch(EpochContext(0, Rank(0, 1, torch.device("cpu")), embed))
+
+    by_colour = labels_with(1.0)
+    assert len(set(by_colour[0::2])) == 1 and len(set(by_colour[1::2])) == 1
+    assert by_colour[0] != by_colour[1]
+    assert len(set(labels_with(0.0).tolist())) > 2  # the random features alone: no such pair
+    with pytest.raises(ValueError, match="colour_weight"):
+        labels_with(-0.1)
+
+
 # ---- harvest ----------------------------------------------------------------------------------
 
 

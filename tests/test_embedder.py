@@ -19,7 +19,9 @@ MEAN, STD = DEFAULTS.data.mean, DEFAULTS.data.std
 
 
 def embed_cfg(**overrides):
-    return dataclasses.replace(DEFAULTS.embed, device="cpu", **overrides)
+    # f32: these tests compare runtimes to 1e-5; int8 (which auto may pick) is checked in
+    # test_inference.py to cosine 0.999
+    return dataclasses.replace(DEFAULTS.embed, device="cpu", precision="f32", **overrides)
 
 
 def sie_model():

@@ -54,7 +54,9 @@ def small_embedder(assets):
     """The untrained bot model at a small input size (the tests check plumbing, not accuracy)."""
     from reidstream.models import Embedder
 
-    cfg = load_config(overrides=["model.img_height=64", "model.img_width=32"])
+    # f32: batching must not change f32 features (int8 ranges are per batch: test_inference.py)
+    cfg = load_config(overrides=["model.img_height=64", "model.img_width=32",
+                                 "embed.precision=f32"])
     return Embedder.from_config(cfg, assets)
 
 

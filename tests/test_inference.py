@@ -120,6 +120,64 @@ def test_shipped_checkpoint_exports_and_agrees(assets, crops, inference_cfg):
         assert np.sum(base * other.embed(crops, names), axis=1).min() >= 0.999
 
 
+def test_int8_embedder_stays_close_and_is_cached(assets, crops, inference_cfg):
+    """embed.precision=int8: the shipped model's matrix products in int8 (dynamic ranges), in
+    ONNX Runtime; every real crop's embedding within cosine 0.999 of PyTorch's f32."""
+    embed = dataclasses.replace(DEFAULTS.embed, device="cpu", backend="torch")
+    path = assets.asset(embed.checkpoint)
+    names = ["c1", "c2", "cam1", "c2", "c1", "c1"]
+    base = Embedder.from_checkpoint(path, embed, inference=inference_cfg).embed(crops, names)
+    int8_cfg = dataclasses.replace(embed, backend="auto", precision="int8")
+    int8 = Embedder.from_checkpoint(path, int8_cfg, inference=inference_cfg)
+    assert (int8.backend, int8.precision) == ("onnxruntime", "int8")
+    assert "int8" in int8.session.path.name and int8.session.path.is_file()
+    together = int8.embed(crops, names)
+    assert np.sum(base * together, axis=1).min() >= 0.999
+    # activation ranges are measured per batch, so a crop's embedding depends a little on its
+    # batch-mates: one at a time against all together, still within cosine 0.999
+    alone = np.concatenate([int8.embed([c], [n]) for c, n in zip(crops, names, strict=True)])
+    assert np.sum(alone * together, axis=1).min() >= 0.999
+    stamp = int8.session.path.stat().st_mtime_ns
+    again = Embedder.from_checkpoint(path, int8_cfg, inference=inference_cfg)
+    assert again.session.path == int8.session.path
+    assert again.session.path.stat().st_mtime_ns == stamp  # found, not quantised again
+    # torch has no int8 model: it runs (and says it runs) f32
+    assert Embedder.from_checkpoint(path, dataclasses.replace(embed, precision="int8"),
+                                    inference=inference_cfg).precision == "f32"
+
+
+@pytest.mark.parametrize("faster", ["int8", "f32"])
+def test_auto_embed_precision_keeps_the_faster(assets, crops, inference_cfg, monkeypatch,
+                                               faster):
+    """embed.precision=auto on a CPU times f32 (the backend's fastest runtime) against ONNX
+    Runtime's int8 graph and keeps the winner; pick_fastest is steered so both outcomes run."""
+    from reidstream.inference import backends as rt
+
+    asked = []
+
+    def steered(candidates, repeats=3):
+        names = list(candidates)
+        asked.append(names)
+        for call in candidates.values():
+            call()  # each candidate must really run
+        return next(n for n in names if n.endswith(faster))
+
+    monkeypatch.setattr(rt, "pick_fastest", steered)
+    embed = dataclasses.replace(DEFAULTS.embed, device="cpu", backend="onnxruntime",
+                                precision="auto")
+    emb = Embedder.from_checkpoint(assets.asset(embed.checkpoint), embed, inference=inference_cfg)
+    assert asked == [["onnxruntime f32", "onnxruntime int8"]]
+    assert (emb.backend, emb.precision, emb.session.precision) == ("onnxruntime", faster, faster)
+    assert ("int8" in emb.session.path.name) == (faster == "int8")
+    assert emb.embed(crops[:2], ["c1", "c2"]).shape == (2, emb.feature_dim)
+    # a runtime that has no int8 (OpenVINO) or a GPU: f32 only, nothing timed against it
+    asked.clear()
+    ov = Embedder.from_checkpoint(assets.asset(embed.checkpoint),
+                                  dataclasses.replace(embed, backend="openvino"),
+                                  inference=inference_cfg)
+    assert (ov.backend, ov.precision, asked) == ("openvino", "f32", [])
+
+
 def test_bf16_detector_stays_close(assets, inference_cfg):
     """The default detection.precision: bf16 where the CPU has it. Not exact (scores move a
     little, a box near detection.conf can come or go), but the confident people are the same."""
@@ -216,9 +274,11 @@ def test_int8_runs_in_onnxruntime_only(assets, inference_cfg, tmp_path):
     onnx_file = export_detector(assets.asset(DEFAULTS.detection.model), tmp_path)
     with pytest.raises(ValueError, match="int8 runs in onnxruntime"):
         Session(onnx_file, "openvino", precision="int8")
-    with pytest.raises(ValueError, match="embed.precision must be"):
-        Embedder(build_model(dataclasses.replace(DEFAULTS.model, name="bot", pretrained="")),
-                 mean=MEAN, std=STD, device="cpu", precision="int8", backend="torch")
+    bot = build_model(dataclasses.replace(DEFAULTS.model, name="bot", pretrained=""))
+    with pytest.raises(ValueError, match="int8 runs in onnxruntime, not embed.backend=openvino"):
+        Embedder(bot, mean=MEAN, std=STD, device="cpu", precision="int8", backend="openvino")
+    with pytest.raises(ValueError, match="embed.precision must be one of"):
+        Embedder(bot, mean=MEAN, std=STD, device="cpu", precision="int4", backend="torch")
     with pytest.raises(OSError, match="cannot open video"):  # not a quiet fall-back to torch
         PersonDetector(dataclasses.replace(DEFAULTS.detection, backend="onnxruntime",
                                            precision="int8", int8_calibration=str(onnx_file)),

@@ -84,6 +84,24 @@ def centre_per_camera(feats: np.ndarray, cameras: np.ndarray) -> np.ndarray:
     return l2_normalize(out)
 
 
+def mix_features(
+    feats: np.ndarray, other: np.ndarray, cameras: np.ndarray | None, weight: float
+) -> np.ndarray:
+    """Rows whose cosine similarity is ``(1 - weight) * cos(feats) + weight * cos(other)``,
+    each part camera-centred (``cameras`` None: only normalised) before it is weighted."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"a mixing weight lies in [0, 1], got {weight}")
+    if len(feats) != len(other):
+        raise ValueError(f"{len(feats)} features against {len(other)} others")
+
+    def prepared(x: np.ndarray) -> np.ndarray:
+        return centre_per_camera(x, cameras) if cameras is not None else l2_normalize(
+            np.asarray(x, dtype=np.float32))
+
+    return np.hstack([np.sqrt(1.0 - weight) * prepared(feats),
+                      np.sqrt(weight) * prepared(other)]).astype(np.float32)
+
+
 def neighbour_graph(
     feats: np.ndarray, k1: int, k2: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reidstream.adaptation.cluster import ClusterParams, pseudo_labels
+from reidstream.adaptation.cluster import ClusterParams, mix_features, pseudo_labels
 from reidstream.adaptation.memory import HybridMemory
 from reidstream.config import Config, TrainConfig
 from reidstream.device import full_precision
@@ -71,6 +71,8 @@ class SpCLObjective(Objective):
         bad = self.spcl.hard_negatives < 1 or self.spcl.inter_weight < 0
         if self.spcl.camera_proxies and bad:
             raise ValueError("spcl.camera_proxies needs hard_negatives >= 1 and inter_weight >= 0")
+        if not 0.0 <= self.spcl.colour_weight <= 1.0:
+            raise ValueError(f"spcl.colour_weight lies in [0, 1], got {self.spcl.colour_weight}")
         self.params = cluster_params(run.spcl)
         self.target_start = data.target_start
         target = data.target_records
@@ -80,6 +82,8 @@ class SpCLObjective(Objective):
             dtype=np.int64,
         )
         self.cameras = np.array([r.camid for r in target], dtype=np.int64)
+        self.target_records = target
+        self.colour: np.ndarray | None = None  # stripe histograms, made on rank 0 when needed
         self.cannot = data.cannot_link if self.spcl.cannot_link else None
         self.source_labels = torch.tensor([r.pid for r in data.source_records], dtype=torch.long)
         self.num_source = data.num_classes if len(self.source_labels) else 0
@@ -99,7 +103,7 @@ class SpCLObjective(Objective):
 
         def cluster() -> tuple[np.ndarray, dict[str, Any], tuple[float, float]]:
             result = pseudo_labels(
-                feats,
+                self._with_colour(feats),
                 self.params,
                 units=self.units,
                 cameras=self.cameras if self.spcl.camera_centre else None,
@@ -116,6 +120,20 @@ class SpCLObjective(Objective):
         if ctx.rank.is_main:
             log.info("epoch %d pseudo-labels: %s", ctx.epoch + 1, stats)
         return labels
+
+    def _with_colour(self, feats: np.ndarray) -> np.ndarray:
+        """The clustering's features: the memory's, mixed with clothing colour by
+        ``spcl.colour_weight`` (:mod:`.colour`; each part camera-centred first)."""
+        weight = self.spcl.colour_weight
+        if weight == 0.0:
+            return feats
+        if self.colour is None:
+            from reidstream.adaptation.colour import colour_histograms
+            from reidstream.data.transforms import load_record_image
+
+            self.colour = colour_histograms(load_record_image(r) for r in self.target_records)
+        cameras = self.cameras if self.spcl.camera_centre else None
+        return mix_features(feats, self.colour, cameras, weight)
 
     def _init_memory(self, ctx: EpochContext) -> None:
         n_source = len(self.source_labels)

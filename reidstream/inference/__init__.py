@@ -12,7 +12,7 @@ from reidstream.inference.backends import (
     resolve_precision,
 )
 from reidstream.inference.export import export_detector, export_embedder
-from reidstream.inference.quantize import quantize_detector
+from reidstream.inference.quantize import quantize_detector, quantize_embedder
 
 __all__ = [
     "BACKENDS",
@@ -23,5 +23,6 @@ __all__ = [
     "installed_backends",
     "pick_fastest",
     "quantize_detector",
+    "quantize_embedder",
     "resolve_precision",
 ]

@@ -50,6 +50,10 @@ def run_export(args: argparse.Namespace) -> int:
     path = export_embedder(model, out, name=model.cfg.name, force=True)
     print(f"embedder: {path} (camera side information as input 'camera_ids'; "
           f"cameras {embedder.cameras.names or 'none'})")
+    if cfg.embed.precision in ("int8", "auto"):  # its int8 twin (auto may pick it)
+        from reidstream.inference.quantize import quantize_embedder
+
+        print(f"embedder int8: {quantize_embedder(path, force=True)}")
     if args.check:
         check(cfg, assets, args.frames)
     return 0
@@ -91,11 +95,12 @@ def check(cfg, assets, n_frames: int) -> None:
         print(f"{'detector':9s} {label:12s} {ms:8.1f} {agree:>30s}", flush=True)
     crops = [c for c in crops if c.size][:32] or [frames[0][:128, :64]]
     base = None
-    for backend in reversed(backends):
-        emb = Embedder.from_config(
-            dataclasses.replace(cfg, embed=dataclasses.replace(cfg.embed, backend=backend)),
-            assets,
-        )
+    # Every runtime in f32 (torch first: the reference), then ONNX Runtime's int8 graph.
+    runs = [(b, "f32") for b in reversed(backends)]
+    runs += [("onnxruntime", "int8")] if device == "cpu" and "onnxruntime" in backends else []
+    for backend, precision in runs:
+        emb = Embedder.from_config(dataclasses.replace(cfg, embed=dataclasses.replace(
+            cfg.embed, backend=backend, precision=precision)), assets)
         emb.embed(crops[:2])
         start = time.perf_counter()
         vectors = emb.embed(crops)

@@ -1,18 +1,24 @@
-"""int8 post-training quantisation of an exported detector (ONNX Runtime's static quantiser).
+"""int8 post-training quantisation of exported models (ONNX Runtime's quantisers).
 
-For CPUs without native bf16 (AVX2 only, e.g. AMD Zen 3): there bf16 is emulated, f32 is the
-only fast float path and the detector alone takes ~45 ms a frame, so two cameras do not keep
-up on two cores (BENCHMARKS.md, "A CPU without bf16"). Static int8 with per-channel weights cuts
-that to ~30 ms.
+For CPUs without native bf16 (AVX2 only, e.g. AMD Zen 3): there bf16 is emulated and f32 is
+the only fast float path.
 
-Calibration: activation ranges (min/max) are read from real frames put through the
-detector's own letterbox, so the ranges are those the pipeline will meet. The quantised file
-is cached beside the f32 export, named by the f32 file and a digest of the calibration (the
-video's hash and the settings): a new model or new calibration never reuses a stale file, and
-a detector start that finds the file reads no frame.
+**The detector** (:func:`quantize_detector`, static): alone it takes ~45 ms a frame in f32,
+so two cameras do not keep up on two cores (BENCHMARKS.md, "A CPU without bf16"). Static int8
+with per-channel weights cuts that to ~30 ms. Activation ranges (min/max) are read from real
+frames put through the detector's own letterbox, so the ranges are those the pipeline will
+meet. The quantised file is cached beside the f32 export, named by the f32 file and a digest
+of the calibration (the video's hash and the settings): a new model or new calibration never
+reuses a stale file, and a detector start that finds the file reads no frame. The result is a
+QDQ graph for ONNX Runtime's CPU provider. OpenVINO reads such graphs but scored them wrongly
+here (a third of the boxes lost), so int8 runs in ONNX Runtime only.
 
-The result is a QDQ graph for ONNX Runtime's CPU provider. OpenVINO reads such graphs but
-scored them wrongly here (a third of the boxes lost), so int8 runs in ONNX Runtime only.
+**The embedder** (:func:`quantize_embedder`, dynamic): only its matrix products (a
+transformer's linear layers and attention) become int8, with each batch's activation range
+measured as it runs, so no calibration set is needed and no crop's range can fall outside
+one. Its convolutions stay f32: statically quantised they took the shipped model's crops to
+cosine 0.33 of f32 (BENCHMARKS.md, "int8 embedder"), and on an AVX2 CPU int8 convolutions are
+barely faster than ONNX Runtime's f32 ones.
 """
 
 from __future__ import annotations
@@ -131,4 +137,32 @@ def quantize_detector(
                                             "frames": len(batches), "step": calibration.step,
                                             "imgsz": calibration.imgsz, "digest": tag,
                                             "method": "minmax, per-channel int8 weights"}})
+    return target
+
+
+# The embedder's quantised operators (dynamic: activation ranges measured per batch).
+EMBEDDER_OPS = ("MatMul", "Gemm")
+EMBEDDER_RECIPE = 1
+
+
+def quantize_embedder(f32_path: str | Path, force: bool = False) -> Path:
+    """The int8 twin of an exported embedder (``f32_path``), cached beside it: dynamic
+    quantisation of :data:`EMBEDDER_OPS`, int8 weights, the rest of the graph f32."""
+    f32_path = Path(f32_path)
+    target = f32_path.with_name(f"{f32_path.stem}-int8dyn-r{EMBEDDER_RECIPE}.onnx")
+    if target.is_file() and not force:
+        return target
+
+    def write(tmp_file: Path) -> None:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepared = tmp_file.with_name("prepared.onnx")
+        quant_pre_process(str(f32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(str(prepared), str(tmp_file), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=list(EMBEDDER_OPS))
+
+    write_atomically(target, write)
+    write_manifest(target, {"kind": "embedder-int8", "source": f32_path.name,
+                            "method": f"dynamic, int8 weights, ops {list(EMBEDDER_OPS)}"})
     return target

@@ -7,6 +7,7 @@ and turning camera names into the model's side-information indices.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,10 @@ from reidstream.device import autocast, select_device
 from reidstream.models.base import ReIDModel, build_model, run_model
 from reidstream.models.cameras import CameraRegistry
 from reidstream.models.checkpoint import load_checkpoint
+
+# int8: the exported graph's matrix products, dynamically quantised (ONNX Runtime, CPU);
+# auto: f32 or int8, whichever embeds faster here (timed at start-up).
+EMBED_PRECISIONS = ("auto", "f32", "bf16", "fp16", "int8")
 
 if TYPE_CHECKING:
     from reidstream.adaptation.calibration import SiteCalibration
@@ -75,25 +80,72 @@ class Embedder:
         self.flip = flip
         self.calibration = calibration
         self.size = (model.cfg.img_height, model.cfg.img_width)
-        if precision not in ("f32", "bf16", "fp16"):  # int8 / auto: the detector's only
-            raise ValueError(f"embed.precision must be f32, bf16 or fp16, got {precision!r}")
+        if precision not in EMBED_PRECISIONS:
+            raise ValueError(f"embed.precision must be one of {EMBED_PRECISIONS}, got "
+                             f"{precision!r}")
         self.precision = precision
         self.session = None  # an exported model's runtime; None runs the torch model
         self.backend = self._open_backend(backend, inference)
 
     def _open_backend(self, backend: str, inference: InferenceConfig | None) -> str:
+        if self.precision == "auto":
+            return self._open_fastest(backend, inference)
+        return self._open(backend, self.precision, inference)
+
+    def _trial_crops(self) -> torch.Tensor:
+        return torch.randn(min(8, self.batch_size), 3, *self.size)  # the trial batch of auto
+
+    def _open(self, backend: str, precision: str, inference: InferenceConfig | None) -> str:
+        """Open ``backend`` in ``precision``; sets ``session`` and ``precision`` (what runs)."""
         from reidstream.inference import backends as rt
         from reidstream.inference.export import export_embedder
 
-        crops = torch.randn(min(8, self.batch_size), 3, *self.size)  # the trial batch of auto
+        crops = self._trial_crops()
         device = self.device.type
+        # int8 runs in ONNX Runtime only: auto goes there, a named runtime with int8 is an error.
+        backend, precision = rt.settle_precision(backend, precision, device, "embed.backend")
+        self.precision = precision  # what runs: the torch model is never int8
+
+        def export(folder: Path) -> Path:
+            path = export_embedder(self.model, folder, name=self.model.cfg.name)
+            if precision == "int8":
+                from reidstream.inference.quantize import quantize_embedder
+
+                path = quantize_embedder(path)
+            return path
+
         backend, self.session = rt.open_backend(
-            backend, device, inference,
-            export=lambda folder: export_embedder(self.model, folder, name=self.model.cfg.name),
-            runner=lambda name, path: rt.Session(path, name, device, precision=self.precision),
+            backend, device, inference, export=export,
+            runner=lambda name, path: rt.Session(path, name, device, precision=precision),
             trial=lambda session: self._run(session, crops, None),
             key="embed.backend", what=f"model {self.model.cfg.name!r}",
         )
+        return backend
+
+    def _open_fastest(self, backend: str, inference: InferenceConfig | None) -> str:
+        """``embed.precision: auto``: f32 in ``backend`` (``auto``: its fastest runtime), and
+        on a CPU ONNX Runtime's int8 graph too where ``backend`` allows it; the faster on a
+        batch of crops is kept (int8 embeds within cosine 0.999 of f32, BENCHMARKS.md)."""
+        from reidstream.inference import backends as rt
+
+        chosen = (self._open(backend, "f32", inference), self.session, self.precision)
+        if (self.device.type != "cpu" or backend not in ("auto", rt.ONNXRUNTIME)
+                or rt.ONNXRUNTIME not in rt.installed_backends("cpu")):
+            return chosen[0]
+        try:
+            int8 = (self._open(rt.ONNXRUNTIME, "int8", inference), self.session, self.precision)
+        except Exception as exc:  # e.g. a model that does not export: keep what runs
+            log.warning("embed.precision auto: no int8 graph (%s); keeping %s f32", exc,
+                        chosen[0])
+            int8 = None
+        if int8 is not None:
+            crops = self._trial_crops()
+            repeats = (inference or load_config().inference).auto_repeats
+            trials = {f"{b} {p}": functools.partial(self._run, session, crops, None)
+                      for b, session, p in (chosen, int8)}
+            if rt.pick_fastest(trials, repeats) == f"{int8[0]} {int8[2]}":
+                chosen = int8
+        backend, self.session, self.precision = chosen
         return backend
 
     def _run(

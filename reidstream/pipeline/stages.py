@@ -59,7 +59,9 @@ class DetectorStage:
         return self.detector.detect(frames)
 
     def backend(self) -> str:
-        return self.detector.backend
+        """What runs the detector: runtime and precision (``auto`` resolved), e.g.
+        ``onnxruntime int8``."""
+        return f"{self.detector.backend} {self.detector.precision}"
 
 
 class EmbedderStage:
@@ -79,7 +81,8 @@ class EmbedderStage:
         return self.embedder.feature_dim
 
     def backend(self) -> str:
-        return self.embedder.backend
+        """What runs the embedder: runtime and precision (``auto`` resolved)."""
+        return f"{self.embedder.backend} {self.embedder.precision}"
 
     def calibration(self) -> Any:
         """The site calibration the model came with (None without one): the linker's scale."""
