@@ -5,8 +5,8 @@ An ImageNet network's features say little about who is who across two cameras (o
 cuhk03-detected an image's nearest neighbour in the other camera is the same person 2-3 % of
 the time), so the first pseudo-labels of fully unsupervised SpCL hold almost no right
 cross-camera pair. Plain colour histograms of horizontal bands (head, torso, legs) do better
-there (BENCHMARKS.md, "Colour as a prior"), and mixed with the network's features they cluster
-more images, more precisely (``spcl.colour_weight``).
+there (BENCHMARKS.md, "Four times the steps, and clothing colour as a prior"), and mixed with
+the network's features they cluster more images, more precisely (``spcl.colour_weight``).
 """
 
 from __future__ import annotations

@@ -123,7 +123,9 @@ class SpCLObjective(Objective):
 
     def _with_colour(self, feats: np.ndarray) -> np.ndarray:
         """The clustering's features: the memory's, mixed with clothing colour by
-        ``spcl.colour_weight`` (:mod:`.colour`; each part camera-centred first)."""
+        ``spcl.colour_weight`` (:mod:`.colour`; each part camera-centred first when
+        ``spcl.camera_centre``). The objective checked the weight already: fail before the
+        memory's first embedding, not after it."""
         weight = self.spcl.colour_weight
         if weight == 0.0:
             return feats
