@@ -296,6 +296,7 @@ class DetectionConfig:
     int8_frames: int
     int8_frame_step: int
     stride: int
+    head: str
 
 
 @dataclass

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="detection.backend values to time (auto: the one auto would pick)")
     p.add_argument("--precision", default="", help="detection.precision for exported backends "
                    "(f32 | bf16; default: the config's)")
+    p.add_argument("--head", default="", help="detection.head (person | coco; default: the "
+                   "config's)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     sample = read_video_frames(video, args.recall_frames, step=15)
 
     base = dataclasses.replace(cfg.detection, backend="torch",
-                               precision=args.precision or cfg.detection.precision)
+                               precision=args.precision or cfg.detection.precision,
+                               head=args.head or cfg.detection.head)
     ref_det = PersonDetector(dataclasses.replace(base, imgsz=args.ref_imgsz), assets)
     ref = [d.select(d.scores >= args.ref_conf) for d in _detect_in_chunks(ref_det, sample, 4)]
     n_ref = sum(len(d) for d in ref)
@@ -77,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     del ref_det
 
     print(
-        f"# {platform.node()}: {cpu_model()}, threads {args.threads}, "
-        f"{video}: {timing[0].shape[1]}x{timing[0].shape[0]}"
+        f"# {platform.node()}: {cpu_model()}, threads {args.threads}, detection.head "
+        f"{base.head}, {video}: {timing[0].shape[1]}x{timing[0].shape[0]}"
     )
     print(
         f"# recall vs imgsz {args.ref_imgsz} boxes (score >= {args.ref_conf}, {n_ref} boxes in "

@@ -1,8 +1,10 @@
 """YOLOv8 person detector over the shipped weights.
 
-One ``predict`` call per batch of frames (frames from several cameras may share a batch, of mixed
-sizes), person class only. The weights come from ``Assets`` and ultralytics is put in offline mode
-before it is imported, so nothing is downloaded or pip-installed at run time.
+One forward pass per batch of frames (frames from several cameras may share a batch, of mixed
+sizes), person class only (``detection.head``: the person-only graph of ``person_head``, or
+ultralytics' 80-class graph and predictor). The weights come from ``Assets`` and ultralytics
+is put in offline mode before it is imported, so nothing is downloaded or pip-installed at run
+time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from reidstream.assets import Assets
 from reidstream.config import DetectionConfig, InferenceConfig
+from reidstream.detection.person_head import decode
 from reidstream.device import select_device
 
 PERSON_CLASS = 0
@@ -101,6 +104,14 @@ class PersonDetector:
                 self._predict_args["quantize"] = 16
             else:
                 self._predict_args["half"] = True
+        # detection.head: person runs the person-only graph in every backend, torch included,
+        # so that auto's choice never changes which boxes come out.
+        self._torch_graph: ExportedYolo | None = None
+        if cfg.head == "person":
+            self._torch_graph = ExportedYolo(TorchGraph(self.model.model, self.device, self.half),
+                                             cfg)
+        elif cfg.head != "coco":
+            raise ValueError(f"detection.head must be person or coco, got {cfg.head!r}")
         self.exported: ExportedYolo | None = None
         self.backend = self._open_backend(inference)
         # The first call builds the predictor and (on CUDA) the kernels; pay it now, not on frame 1.
@@ -121,9 +132,7 @@ class PersonDetector:
         frame = np.random.default_rng(0).integers(0, 255, (360, 640, 3), dtype=np.uint8)
 
         def trial(runner: ExportedYolo | None) -> Any:
-            if runner is None:
-                return self.model.predict([frame], **self._predict_args)
-            return runner.detect([frame])
+            return self._detect_torch([frame]) if runner is None else runner.detect([frame])
 
         device = self.device.type
         requested, precision = rt.settle_precision(
@@ -140,7 +149,7 @@ class PersonDetector:
             calibration.check()  # a bad video is a clear error, not a quiet fall-back to torch
 
         def export(folder: Path) -> Path:
-            path = export_detector(self.weights, folder)
+            path = export_detector(self.weights, folder, head=self.cfg.head)
             if calibration is not None:
                 preprocess = ExportedYolo(None, self.cfg).preprocess
                 path = quantize_detector(path, calibration, preprocess)
@@ -168,12 +177,17 @@ class PersonDetector:
         if self.exported is not None:
             found = self.exported.detect(frames)
         else:
-            results = self.model.predict(list(frames), **self._predict_args)
-            found = [
-                Detections(r.boxes.xyxy.float().cpu().numpy(), r.boxes.conf.float().cpu().numpy())
-                for r in results
-            ]
+            found = self._detect_torch(frames)
         return [self._keep_tall(d) for d in found]
+
+    def _detect_torch(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        if self._torch_graph is not None:
+            return self._torch_graph.detect(frames)
+        results = self.model.predict(list(frames), **self._predict_args)
+        return [
+            Detections(r.boxes.xyxy.float().cpu().numpy(), r.boxes.conf.float().cpu().numpy())
+            for r in results
+        ]
 
     def _keep_tall(self, dets: Detections) -> Detections:
         if self.cfg.min_box_height > 0 and len(dets):
@@ -181,10 +195,35 @@ class PersonDetector:
         return dets
 
 
+class TorchGraph:
+    """The person-only graph in PyTorch, with a runtime session's ``run`` (fp16 on CUDA when
+    ``half``), so :class:`ExportedYolo` drives it as it drives an exported one."""
+
+    def __init__(self, detection_model: Any, device: Any, half: bool) -> None:
+        import copy
+
+        from reidstream.detection.person_head import person_graph
+
+        self.graph = person_graph(copy.deepcopy(detection_model).float()).to(device)
+        self.device = device
+        self.half = half
+        if half:
+            self.graph.half()
+
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            images = torch.from_numpy(inputs["images"]).to(self.device)
+            raw = self.graph(images.half() if self.half else images)
+        return raw.float().cpu().numpy()
+
+
 class ExportedYolo:
-    """The ONNX export of a YOLO detector in a runtime session, with ultralytics' own letterbox
-    (rectangular, stride 32, when a batch's frames share a size) and NMS, so its boxes are the
-    predictor's boxes."""
+    """A YOLO detector's graph in a runtime session, with ultralytics' own letterbox
+    (rectangular, stride 32, when a batch's frames share a size). The person graph's raw
+    output goes through :func:`~reidstream.detection.person_head.decode`; the COCO graph's
+    through ultralytics' NMS, so its boxes are the predictor's boxes."""
 
     STRIDE = 32
 
@@ -210,12 +249,13 @@ class ExportedYolo:
         from ultralytics.utils.ops import scale_boxes
 
         images = self.preprocess(frames)
-        raw = torch.from_numpy(self.session.run({"images": images}))
-        kept = non_max_suppression(
-            raw, self.cfg.conf, self.cfg.iou, classes=[PERSON_CLASS], max_det=self.cfg.max_det
-        )
-        out = []
-        for frame, det in zip(frames, kept, strict=True):
-            boxes = scale_boxes(images.shape[2:], det[:, :4].clone(), frame.shape[:2])
-            out.append(Detections(boxes.numpy(), det[:, 4].numpy()))
-        return out
+        raw = self.session.run({"images": images})
+        if self.cfg.head == "person":
+            kept = [(torch.from_numpy(b), s) for b, s in decode(
+                raw, images.shape[2:], self.cfg.conf, self.cfg.iou, self.cfg.max_det)]
+        else:
+            kept = [(d[:, :4].clone(), d[:, 4].numpy()) for d in non_max_suppression(
+                torch.from_numpy(raw), self.cfg.conf, self.cfg.iou, classes=[PERSON_CLASS],
+                max_det=self.cfg.max_det)]
+        return [Detections(scale_boxes(images.shape[2:], boxes, frame.shape[:2]).numpy(), scores)
+                for frame, (boxes, scores) in zip(frames, kept, strict=True)]

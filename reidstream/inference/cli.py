@@ -38,8 +38,9 @@ def run_export(args: argparse.Namespace) -> int:
         cfg.inference.cache_dir = args.out
     out = cache_dir(cfg.inference.cache_dir)
     assets = Assets.from_config(cfg.assets)
-    detector = export_detector(assets.asset(cfg.detection.model), out, force=True)
-    print(f"detector: {detector}")
+    detector = export_detector(assets.asset(cfg.detection.model), out, force=True,
+                               head=cfg.detection.head)
+    print(f"detector: {detector} (head: {cfg.detection.head})")
     if resolve_precision(cfg.detection.precision, "cpu") == "int8":  # its int8 twin, calibrated
         det = PersonDetector(dataclasses.replace(cfg.detection, device="cpu",
                                                  backend="onnxruntime"), assets, cfg.inference)

@@ -29,6 +29,7 @@ from reidstream.assets import sha256_of
 OPSET = 17
 # Bump when the exported graph's contract changes: old cache entries then miss.
 EXPORT_FORMAT = 1
+DETECTOR_HEADS = ("person", "coco")  # detection.head
 
 
 def cache_dir(configured: str) -> Path:
@@ -53,13 +54,22 @@ def write_manifest(target: Path, info: dict[str, Any]) -> None:
     target.with_suffix(".json").write_text(json.dumps(info, indent=2))
 
 
-def export_detector(weights: str | Path, out_dir: str | Path, force: bool = False) -> Path:
-    """YOLO weights -> ONNX with dynamic batch and image size (ultralytics' own exporter)."""
+def export_detector(
+    weights: str | Path, out_dir: str | Path, force: bool = False, head: str = "person"
+) -> Path:
+    """YOLO weights -> ONNX with dynamic batch and image size.
+
+    ``head``: ``person`` exports :func:`~reidstream.detection.person_head.person_graph` (raw
+    box bins and the person logit, ``[N, 65, anchors]``); ``coco`` ultralytics' own export
+    (decoded boxes and all classes, ``[N, 4 + classes, anchors]``)."""
     from reidstream.detection.detector import offline_ultralytics
 
+    if head not in DETECTOR_HEADS:
+        raise ValueError(f"detection.head must be one of {DETECTOR_HEADS}, got {head!r}")
     weights = Path(weights)
     digest = sha256_of(weights)[:12]  # cached: Assets already hashed it to verify it
-    target = Path(out_dir) / f"detector-{weights.stem}-{digest}-f{EXPORT_FORMAT}.onnx"
+    suffix = "" if head == "coco" else f"-{head}"
+    target = Path(out_dir) / f"detector-{weights.stem}-{digest}-f{EXPORT_FORMAT}{suffix}.onnx"
     if target.is_file() and not force:
         return target
 
@@ -70,14 +80,29 @@ def export_detector(weights: str | Path, out_dir: str | Path, force: bool = Fals
         # ultralytics writes beside its input: give it a private copy of the weights.
         local = tmp_file.parent / weights.name
         shutil.copy2(weights, local)
-        produced = YOLO(str(local), task="detect").export(
-            format="onnx", dynamic=True, simplify=True, opset=OPSET, device="cpu", verbose=False
-        )
-        os.replace(produced, tmp_file)
+        yolo = YOLO(str(local), task="detect")
+        if head == "coco":
+            produced = yolo.export(format="onnx", dynamic=True, simplify=True, opset=OPSET,
+                                   device="cpu", verbose=False)
+            os.replace(produced, tmp_file)
+            return
+        from reidstream.detection.person_head import person_graph
+
+        graph = person_graph(yolo.model.float().cpu())
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
+            torch.onnx.export(
+                graph, (torch.zeros(1, 3, 320, 416),), str(tmp_file), input_names=["images"],
+                output_names=["raw"], opset_version=OPSET, dynamo=False,
+                dynamic_axes={"images": {0: "n", 2: "height", 3: "width"},
+                              "raw": {0: "n", 2: "anchors"}},
+            )
 
     write_atomically(target, write)
-    write_manifest(target, {"kind": "detector", "source": str(weights), "sha256_12": digest,
-                       "inputs": ["images"], "output": "predictions [N, 4 + classes, anchors]"})
+    output = ("raw [N, 4 x 16 box bins + person logit, anchors]" if head == "person"
+              else "predictions [N, 4 + classes, anchors]")
+    write_manifest(target, {"kind": "detector", "head": head, "source": str(weights),
+                            "sha256_12": digest, "inputs": ["images"], "output": output})
     return target
 
 

@@ -28,6 +28,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +40,30 @@ from reidstream.inference.export import write_atomically, write_manifest
 QUANTISED_OPS = ("Conv", "Mul", "Add", "Concat", "MaxPool", "Resize", "Sigmoid")
 HEAD_DECODE = ("dfl", "Concat", "Sigmoid", "Split", "Sub", "Add", "Div", "Mul")
 HEAD_PREFIX = "/model.22/"
+# The person graph (detection.head: person) has no decoding; its head's activations and last
+# convolutions (the raw box bins and the person logit that decode() reads) stay float: all
+# quantised, they were slower and kept one fewer of 221 confident boxes (BENCHMARKS.md,
+# "A person-only detector head").
+PERSON_HEAD_PREFIXES = ("/box.", "/score.")
+PERSON_HEAD_FLOAT_OPS = ("Sigmoid", "Mul")
 # Bump when the recipe changes in a way the settings below do not show.
 RECIPE = 1
+
+
+def _float_nodes(graph: Any) -> list[str]:
+    """The detector nodes left in float (see the constants above), by the graph's kind."""
+    names = [(node.name, node.op_type) for node in graph.node]
+    if any(name.startswith(PERSON_HEAD_PREFIXES) for name, _ in names):
+        return [name for name, op in names if name.startswith(PERSON_HEAD_PREFIXES)
+                and (op in PERSON_HEAD_FLOAT_OPS or _last_conv_of_branch(name))]
+    return [name for name, _ in names
+            if name.startswith(HEAD_PREFIX) and any(k in name for k in HEAD_DECODE)]
+
+
+def _last_conv_of_branch(name: str) -> bool:
+    """``/box.0/box.0.2/Conv``: the third (last, 1x1) layer of a head branch."""
+    parts = name.split("/")
+    return len(parts) > 2 and parts[2].endswith(".2")
 
 
 @dataclass(frozen=True)
@@ -56,6 +79,7 @@ class Int8Calibration:
 
     def digest(self) -> str:
         settings = {"recipe": RECIPE, "ops": QUANTISED_OPS, "float": HEAD_DECODE,
+                    "person_float": PERSON_HEAD_FLOAT_OPS,
                     "video_sha256": sha256_of(Path(self.video)), "frames": self.frames,
                     "step": self.step, "imgsz": self.imgsz}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
@@ -118,11 +142,7 @@ def quantize_detector(
         prepared = tmp_file.with_name("prepared.onnx")
         # Symbolic shape inference cannot follow the dynamic letterbox sizes: ONNX's own only.
         quant_pre_process(str(f32_path), str(prepared), skip_symbolic_shape=True)
-        graph = onnx.load(str(prepared)).graph
-        keep_float = [
-            node.name for node in graph.node
-            if node.name.startswith(HEAD_PREFIX) and any(k in node.name for k in HEAD_DECODE)
-        ]
+        keep_float = _float_nodes(onnx.load(str(prepared)).graph)
         quantize_static(
             str(prepared), str(tmp_file), Frames(),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,

@@ -80,7 +80,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from reidstream.device import cpu_model
 
     print(f"bench: on {cpu_model()}; detection.backend={cfg.detection.backend} "
-          f"embed.backend={cfg.embed.backend} detection.stride={cfg.detection.stride}", flush=True)
+          f"embed.backend={cfg.embed.backend} detection.stride={cfg.detection.stride} "
+          f"detection.head={cfg.detection.head}", flush=True)
     if args.target == "soak":
         from reidstream.pipeline.soak import print_soak, soak_run
 
