@@ -91,6 +91,10 @@ def main() -> None:
     run(["synth", "--identities", str(args.identities_b), "--seed", str(seed + 100), "--style",
          style, "--pool", "1/2"], ROOT / scene_b / "truth.json")
     run(["restyle", "--style", style, "--pool", "1/2"], ROOT / test_set / "query")
+    if not (ROOT / out / "A-shipped.json").exists() and any((ROOT / harvest).glob("*")):
+        # The harvest appends: a second pass over scene A would put every track in it twice.
+        raise SystemExit(f"{harvest} already holds a harvest but {out}/A-shipped.json is "
+                         "missing: remove the harvest folder to harvest scene A again")
     run(["bench", "scene", "--scene", str(scene_a), "--out", str(out / "A-shipped.json"),
          f"harvest.dir={harvest}"], ROOT / out / "A-shipped.json")
 
