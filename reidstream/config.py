@@ -348,6 +348,7 @@ class PipelineConfig:
     run_seconds: float
     idle_stop_seconds: float
     stats_interval_s: float
+    step_budget_s: float
     commit_hold_s: float
     silent_camera_s: float
     max_cameras_per_worker: int

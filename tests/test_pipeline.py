@@ -541,3 +541,57 @@ def test_a_frame_the_detector_fails_on_alone_is_dead_lettered_and_the_rest_go_on
     assert sum(s.frames for s in steps) == 10  # the other ten
     letters = _read_all(cfg, cfg.kafka.dead_letter_topic)
     assert len(letters) == 1
+
+
+@pytest.mark.slow
+def test_steps_keep_what_went_before_a_failed_step_and_raise_before_doing_more(
+    pipeline_cfg, assets
+):
+    """``CameraWorker.steps`` runs several steps a call. The detector actor goes away (injected:
+    the real detector, wrapped to raise Ray's actor error from its third call on) in the third
+    step of a call: that call still returns the two steps that were done, and the next call
+    raises the stage failure before it polls anything, so the driver restarts the worker."""
+    from ray.exceptions import RayActorError
+
+    from reidstream.ingest.kafka_clients import ensure_topics
+    from reidstream.ingest.publisher import publish, view_left
+    from reidstream.pipeline.stages import (
+        CameraWorker,
+        DetectorStage,
+        EmbedderStage,
+        EventSink,
+        LinkerStage,
+        StageFailure,
+    )
+
+    class GoneAfterTwo(DetectorStage):
+        calls = 0
+
+        def detect(self, frames):
+            self.calls += 1
+            if self.calls > 2:
+                raise RayActorError()
+            return super().detect(frames)
+
+    cfg = pipeline_cfg
+    cfg.pipeline.detect_ahead = False
+    cfg.pipeline.max_poll_records = 2
+    ensure_topics(cfg.kafka, partitions=1)
+    publish(cfg.kafka, str(assets.asset("vtest.avi")), {"cam1": view_left}, fps=0, max_frames=8)
+    embedder = EmbedderStage(cfg)
+    linker = LinkerStage(cfg, embedder.feature_dim())
+    worker = CameraWorker(cfg, 0, GoneAfterTwo(cfg), embedder, linker, EventSink(cfg))
+    try:
+        import time
+
+        deadline = time.monotonic() + 60
+        done: list = []
+        while time.monotonic() < deadline and not done:  # the group's first join: empty steps
+            done = [s for s in worker.steps(60.0) if s.frames]
+        assert [s.frames for s in done] == [2, 2]  # the failed third step is not among them
+        polled = worker.source.stats["frames"]
+        with pytest.raises(StageFailure, match="detector actor gone"):
+            worker.steps(60.0)
+        assert worker.source.stats["frames"] == polled  # raised before polling again
+    finally:
+        linker.gallery.shutdown()

@@ -105,12 +105,10 @@ class PersonDetector:
             else:
                 self._predict_args["half"] = True
         # detection.head: person runs the person-only graph in every backend, torch included,
-        # so that auto's choice never changes which boxes come out.
+        # so that auto's choice never changes which boxes come out. Its PyTorch twin is built
+        # on first use (auto's trial, the torch backend): an exported backend never needs it.
         self._torch_graph: ExportedYolo | None = None
-        if cfg.head == "person":
-            self._torch_graph = ExportedYolo(TorchGraph(self.model.model, self.device, self.half),
-                                             cfg)
-        elif cfg.head != "coco":
+        if cfg.head not in ("person", "coco"):
             raise ValueError(f"detection.head must be person or coco, got {cfg.head!r}")
         self.exported: ExportedYolo | None = None
         self.backend = self._open_backend(inference)
@@ -181,7 +179,10 @@ class PersonDetector:
         return [self._keep_tall(d) for d in found]
 
     def _detect_torch(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        if self._torch_graph is not None:
+        if self.cfg.head == "person":
+            if self._torch_graph is None:
+                self._torch_graph = ExportedYolo(
+                    TorchGraph(self.model.model, self.device, self.half), self.cfg)
             return self._torch_graph.detect(frames)
         results = self.model.predict(list(frames), **self._predict_args)
         return [

@@ -11,6 +11,7 @@ score passes, even if another class scores higher there (a person on a bicycle).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -60,15 +61,19 @@ def person_graph(detection_model: Any, class_index: int = 0) -> Any:
     return PersonGraph(detection_model.fuse(verbose=False)).eval()
 
 
+@functools.lru_cache(maxsize=16)
 def _anchors(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Anchor centres [A, 2] (x, y in input pixels) and their strides [A], in graph order."""
+    """Anchor centres [A, 2] (x, y in input pixels) and their strides [A], in graph order.
+    Cached per input size (a camera's frames share one): read-only, shared by every call."""
     points, strides = [], []
     for s in STRIDES:
         h, w = height // s, width // s
         ys, xs = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
         points.append(np.stack([xs.ravel(), ys.ravel()], 1) * s)
         strides.append(np.full(h * w, s, dtype=np.float32))
-    return np.concatenate(points).astype(np.float32), np.concatenate(strides)
+    points, strides = np.concatenate(points).astype(np.float32), np.concatenate(strides)
+    points.flags.writeable = strides.flags.writeable = False
+    return points, strides
 
 
 def decode(

@@ -227,7 +227,7 @@ class Pipeline:
         self.stats = PipelineStats()  # rates and idleness count from here, not from start-up
         if self.lag is None:
             self.lag = serve_metrics(self, pc.metrics_port)
-        in_flight = {w.step.remote(): w for w in self.workers}
+        in_flight = {self._step(w): w for w in self.workers}
         waiting: dict[int, float] = {}  # failed workers (index) -> when to step them again
         failures = Counter()  # consecutive failed steps per worker (index)
         last_progress = last_report = time.monotonic()
@@ -250,13 +250,13 @@ class Pipeline:
                 self.stats.last_frame_at = time.monotonic()
                 waiting.clear()
                 if not self._should_stop():
-                    in_flight = {w.step.remote(): w for w in self.workers}
+                    in_flight = {self._step(w): w for w in self.workers}
                 continue
             now = time.monotonic()
             for i in [i for i, at in waiting.items() if at <= now]:
                 del waiting[i]
                 if request is None and not self._should_stop():
-                    in_flight[self.workers[i].step.remote()] = self.workers[i]
+                    in_flight[self._step(self.workers[i])] = self.workers[i]
             if not in_flight:
                 time.sleep(0.1)
                 continue
@@ -265,7 +265,8 @@ class Pipeline:
                 worker = in_flight.pop(ref)
                 index = self.workers.index(worker)
                 try:
-                    self.stats.add(ray.get(ref))
+                    for step in ray.get(ref):
+                        self.stats.add(step)
                     failures.pop(index, None)
                 except (RayActorError, RayTaskError) as exc:
                     failures[index] += 1
@@ -275,7 +276,7 @@ class Pipeline:
                     waiting[index] = time.monotonic() + delay
                     continue
                 if request is None and not self._should_stop():
-                    in_flight[worker.step.remote()] = worker
+                    in_flight[self._step(worker)] = worker
             now = time.monotonic()
             if on_progress and now - last_progress >= pc.stats_interval_s:
                 on_progress(self.stats)
@@ -284,6 +285,10 @@ class Pipeline:
                 self.control.report.remote(self.status())
                 last_report = now
         return self.stats
+
+    def _step(self, worker: Any) -> Any:
+        """One call of a worker's steps (``pipeline.step_budget_s`` of them)."""
+        return worker.steps.remote(self.cfg.pipeline.step_budget_s)
 
     def status(self) -> dict[str, Any]:
         """What the driver reports to the control actor: actor counts, backends, totals
