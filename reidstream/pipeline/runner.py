@@ -265,13 +265,17 @@ class Pipeline:
                 worker = in_flight.pop(ref)
                 index = self.workers.index(worker)
                 try:
-                    for step in ray.get(ref):
-                        self.stats.add(step)
-                    failures.pop(index, None)
+                    done, failure = ray.get(ref)
                 except (RayActorError, RayTaskError) as exc:
+                    done, failure = [], exc
+                for step in done:
+                    self.stats.add(step)
+                if failure is None:
+                    failures.pop(index, None)
+                else:
                     failures[index] += 1
                     delay = min(pc.restart_backoff_max_s, 0.5 * 2 ** (failures[index] - 1))
-                    self._worker_failed(worker, exc, delay)
+                    self._worker_failed(worker, failure, delay)
                     self.stats.restarts["worker"] += 1
                     waiting[index] = time.monotonic() + delay
                     continue
@@ -304,9 +308,10 @@ class Pipeline:
         return {"workers": len(self.workers), "detectors": len(self.detectors),
                 "embedders": len(self.embedders), "shards": self.cfg.gallery.num_shards}
 
-    def _worker_failed(self, worker: Any, exc: Exception, delay: float) -> None:
-        """A dead worker is being restarted by Ray; one whose step failed is restarted here
-        (its trackers may be half-way through the step). Both re-read from the last commit."""
+    def _worker_failed(self, worker: Any, exc: Exception | str, delay: float) -> None:
+        """A dead worker is being restarted by Ray; one whose step failed (the exception, or
+        the text ``steps`` returned) is restarted here (its trackers may be half-way through
+        the step). Both re-read from the last commit."""
         import ray
         from ray.exceptions import RayActorError
 

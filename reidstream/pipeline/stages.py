@@ -324,7 +324,6 @@ class CameraWorker:
         self._last_detected: dict[str, int] = {}  # camera -> frame index (detection.stride)
         self._modalities: dict[str, str] = {}  # camera -> its frames' modality header
         self._ahead: _Batch | None = None  # pipeline.detect_ahead: polled, being detected
-        self._failed: Exception | None = None  # a step of steps() that failed after others
         # Frames processed but not yet done, per camera, oldest first: (index, ts, tp, offset).
         self._held: dict[str, deque[tuple[int, int, Any, int]]] = {}
         self._last_seen: dict[str, float] = {}  # camera -> monotonic time of its last frame
@@ -335,15 +334,13 @@ class CameraWorker:
         self.source.connect()
         return True
 
-    def steps(self, budget_s: float) -> list[StepStats]:
+    def steps(self, budget_s: float) -> tuple[list[StepStats], str | None]:
         """Steps until ``budget_s`` has passed or a step found nothing to do: one call from
         the driver for several steps, since on two busy cores the round trip between two
-        calls idled the worker ~15 % of the time (``pipeline.step_budget_s``). A step that
-        fails after others raises on the next call, before anything is done: the driver
-        counts what the others did, then restarts the worker as for a failed single step."""
-        if self._failed is not None:
-            failed, self._failed = self._failed, None
-            raise failed
+        calls idled the worker ~15 % of the time (``pipeline.step_budget_s``). Returns the
+        steps done and, when a step failed after others, that failure's text: the driver
+        counts the steps, then restarts the worker as for a failed single step (a first
+        step's failure raises, as ``step`` does)."""
         done: list[StepStats] = []
         start = time.monotonic()
         while True:
@@ -352,11 +349,12 @@ class CameraWorker:
             except Exception as exc:
                 if not done:
                     raise
-                self._failed = exc
-                return done
+                log.error("worker %d: a step failed after %d others", self.index, len(done),
+                          exc_info=exc)
+                return done, f"{type(exc).__name__}: {exc}"
             done.append(stats)
             if not (stats.frames or stats.bad) or time.monotonic() - start >= budget_s:
-                return done
+                return done, None
 
     def step(self) -> StepStats:
         """Poll a bounded batch, push it through every stage, commit once its events are out.
