@@ -301,6 +301,32 @@ def test_published_video_comes_back_in_order_per_camera(kafka_cfg, vtest, vtest_
     assert full[-1] - full[0] >= 90  # 20 fps pacing shows in the capture times
 
 
+def test_frames_encoded_ahead_go_out_as_recorded_looped_and_paced(kafka_cfg, vtest):
+    """``bench pipeline``'s cameras: JPEGs made once before the run, then sent at the camera
+    rate, frame numbers running on past the end of what was encoded (which starts over)."""
+    from reidstream.ingest.publisher import encode_ahead, publish_encoded
+
+    ensure_topics(kafka_cfg, partitions=2)
+    encoded = encode_ahead(vtest, {"left": view_left, "right": view_right}, 3, 90)
+    assert len(encoded) == 3 and all(set(f) == {"left", "right"} for f in encoded)
+    start = time.monotonic()
+    stats = publish_encoded(kafka_cfg, encoded, 20.0, max_frames=5)
+    assert (stats.frames, stats.records, stats.dropped, stats.failed) == (5, 10, 0, 0)
+    assert time.monotonic() - start >= 0.2  # 5 frames at 20 fps span >= 4 periods
+    with pytest.raises(ValueError, match="fps"):
+        publish_encoded(kafka_cfg, encoded, 0, max_frames=1)
+
+    by_camera = defaultdict(list)
+    with FrameSource(kafka_cfg, pixels=False) as source:
+        for _, _, item in poll_until(source, 10):
+            assert isinstance(item, Frame), item
+            by_camera[item.camera].append(item)
+    for camera, frames in by_camera.items():
+        assert [f.frame_index for f in frames] == [0, 1, 2, 3, 4]
+        assert [f.jpeg for f in frames] == [encoded[i % 3][camera] for i in range(5)]
+        assert frames[-1].ts_ms - frames[0].ts_ms >= 150
+
+
 # ---- at-least-once ----------------------------------------------------------------------------
 
 

@@ -595,3 +595,70 @@ def test_steps_return_what_went_before_a_failed_step_with_the_failure(
         assert "detector actor gone" in failure
     finally:
         linker.gallery.shutdown()
+
+
+@pytest.mark.slow
+def test_on_a_stride_only_due_frames_are_decoded_and_a_corrupt_one_passes_the_turn_on(
+    pipeline_cfg, assets
+):
+    """``detection.stride`` 2: frames between detections are acknowledged undecoded. A due
+    frame whose JPEG passes the marker checks but does not decode is refused, dead-lettered
+    and committed, and the camera's next frame is detected in its place (the real detector,
+    wrapped to count what it was given)."""
+    import time
+
+    from reidstream.ingest.kafka_clients import ensure_topics
+    from reidstream.ingest.producer import OutRecord, SafeProducer
+    from reidstream.ingest.publisher import publish, view_left
+    from reidstream.ingest.wire import encode_frame
+    from reidstream.pipeline.stages import (
+        CameraWorker,
+        DetectorStage,
+        EmbedderStage,
+        EventSink,
+        LinkerStage,
+    )
+
+    class Counting(DetectorStage):
+        frames = 0
+
+        def detect(self, frames):
+            self.frames += len(frames)
+            return super().detect(frames)
+
+    cfg = pipeline_cfg
+    cfg.detection.stride = 2
+    cfg.pipeline.detect_ahead = False
+    ensure_topics(cfg.kafka, partitions=1)
+    video = str(assets.asset("vtest.avi"))
+    publish(cfg.kafka, video, {"cam1": view_left}, fps=0, max_frames=6)  # 0..5: 0, 2, 4 due
+    good = _read_all(cfg, cfg.kafka.frames_topic)[5]
+    # Markers and declared size right (it passes every check at reading), but its first
+    # colour component names a quantisation table the file does not have: it cannot decode.
+    broken = bytearray(good)
+    broken[broken.index(b"\xff\xc0") + 12] = 3
+    broken = bytes(broken)
+    now_ms = int(time.time() * 1000)
+    with SafeProducer(cfg.kafka) as producer:
+        assert producer.deliver([
+            OutRecord(cfg.kafka.frames_topic, *encode_frame("cam1", broken, now_ms, 6)),
+            OutRecord(cfg.kafka.frames_topic, *encode_frame("cam1", good, now_ms + 100, 7)),
+        ])
+    detector = Counting(cfg)
+    embedder = EmbedderStage(cfg)
+    linker = LinkerStage(cfg, embedder.feature_dim())
+    worker = CameraWorker(cfg, 0, detector, embedder, linker, EventSink(cfg))
+    assert worker.source.pixels is False
+    try:
+        steps, deadline = [], time.monotonic() + 90
+        while time.monotonic() < deadline and sum(s.frames + s.bad for s in steps) < 8:
+            steps.append(worker.step())
+        worker.finish()
+    finally:
+        linker.gallery.shutdown()
+    assert sum(s.bad_by_reason.get("corrupt_jpeg", 0) for s in steps) == 1
+    assert sum(s.frames for s in steps) == 7
+    assert detector.frames == 4  # 0, 2, 4 and 7: frame 6 did not decode, so 7 took its turn
+    assert len(_read_all(cfg, cfg.kafka.dead_letter_topic)) == 1
+    committed, next_offset = _committed_and_next(cfg)
+    assert committed == next_offset

@@ -153,6 +153,27 @@ def test_decode_frame_classifies_bad_records(case, crop_jpeg):
     assert err.value.camera == ("cam" if case != "camera_space" else None)
 
 
+def test_a_frame_read_without_pixels_is_checked_now_and_decoded_on_demand(crop_jpeg):
+    """``pixels=False`` (a detection stride): what needs no decoding is checked at once, the
+    pixels come from ``decode_pixels`` when the frame is used: the same image, or, for a JPEG
+    whose markers are right but whose data is not, the same refusal as a full decode."""
+    key, value, headers = encode_frame("cam", crop_jpeg, 1000, 7)
+    frame = decode_frame(key, value, headers, len(value), pixels=False)
+    assert frame.image is None and frame.jpeg == value
+    image = wire.decode_pixels(frame)
+    assert np.array_equal(image, decode_frame(key, value, headers, len(value)).image)
+    assert frame.image is image and frame.jpeg is None and wire.decode_pixels(frame) is image
+
+    for case in ("truncated", "not_jpeg"):  # marker checks: refused without decoding
+        with pytest.raises(BadMessage, match="marker"):
+            decode_frame(*BAD_CASES[case][0](key, value, headers, len(value)), pixels=False)
+    inside = BAD_CASES["garbage_between_markers"][0](key, value, headers, len(value))
+    lazy = decode_frame(*inside, pixels=False)
+    with pytest.raises(BadMessage) as err:
+        wire.decode_pixels(lazy)
+    assert (err.value.reason, err.value.camera) == ("corrupt_jpeg", "cam")
+
+
 def test_unknown_camera_is_refused_before_decoding(crop_jpeg):
     key, value, headers = encode_frame("intruder", crop_jpeg, 1000, 0)
     with pytest.raises(BadMessage) as err:

@@ -42,7 +42,9 @@ class FrameSource:
     :meth:`commit` with next-to-read offsets.
 
     ``on_assign`` / ``on_revoke`` get the partitions of each rebalance, called from ``poll`` in
-    the caller's thread before any record of the new assignment is returned.
+    the caller's thread before any record of the new assignment is returned. ``pixels=False``
+    returns frames checked up to their JPEG's markers and declared size but not decoded
+    (:func:`~reidstream.ingest.wire.decode_pixels` when needed; :meth:`refuse` one that fails).
     """
 
     def __init__(
@@ -56,9 +58,11 @@ class FrameSource:
         order: FrameOrder | None = None,
         on_assign: Callable[[set], None] | None = None,
         on_revoke: Callable[[set], None] | None = None,
+        pixels: bool = True,
         **consumer_overrides: Any,
     ) -> None:
         self.cfg = cfg
+        self.pixels = pixels  # False: frames come checked but undecoded (wire.decode_pixels)
         self.group_id = cfg.group_id if group_id is None else group_id
         self.topic = topic or cfg.frames_topic
         self.bad = counter or BadInputCounter()
@@ -232,16 +236,18 @@ class FrameSource:
         return out
 
     def refuse(self, tp: Any, offset: int, frame: Frame, bad: BadMessage) -> None:
-        """A polled frame the pipeline cannot use after all (the detector fails on it alone):
-        count it and dead-letter it (re-encoded) instead of marking it done."""
+        """A polled frame the pipeline cannot use after all (the detector fails on it alone,
+        its pixels do not decode): count it and dead-letter it (its JPEG as read, else the
+        image re-encoded) instead of marking it done."""
         from types import SimpleNamespace
 
         from reidstream.ingest.wire import encode_frame, jpeg_encode
 
         self.bad.add(bad)
         self.stats["bad"] += 1
+        jpeg = frame.jpeg if frame.image is None else jpeg_encode(frame.image)
         key, value, headers = encode_frame(
-            frame.camera, jpeg_encode(frame.image), frame.ts_ms, frame.frame_index, frame.modality
+            frame.camera, jpeg, frame.ts_ms, frame.frame_index, frame.modality
         )
         self._refused(tp, offset, SimpleNamespace(key=key, value=value, headers=headers), bad)
         self._flush_dead_letters()
@@ -263,7 +269,7 @@ class FrameSource:
         try:
             frame = decode_frame(
                 rec.key, rec.value, rec.headers, self.cfg.max_message_bytes, self.cameras,
-                self.cfg.max_frame_pixels,
+                self.cfg.max_frame_pixels, self.pixels,
             )
         except BadMessage as bad:
             self.bad.add(bad)

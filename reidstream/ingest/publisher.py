@@ -226,9 +226,9 @@ def _sending(
     producer: SafeProducer | None,
     jpeg_quality: int | None,
     modality: str | None,
-) -> Iterator[tuple[Callable[[str, np.ndarray, int, int], None], PublishStats]]:
-    """``send(camera, image, ts_ms, index)`` and the stats it fills: what both publishers share
-    (encoding, delivery counting, the final flush and the closing log line)."""
+) -> Iterator[tuple[Callable[[str, np.ndarray | bytes, int, int], None], PublishStats]]:
+    """``send(camera, image or JPEG bytes, ts_ms, index)`` and the stats it fills: what the
+    publishers share (encoding, delivery counting, the final flush and the closing log line)."""
     quality = cfg.jpeg_quality if jpeg_quality is None else jpeg_quality
     own_producer = producer is None
     producer = producer or SafeProducer(cfg, name=f"publisher {','.join(cameras)}")
@@ -236,9 +236,9 @@ def _sending(
     failed_before = producer.stats["failed"]
     start = time.monotonic()
 
-    def send(camera: str, image: np.ndarray, ts_ms: int, index: int) -> None:
-        record = OutRecord(topic, *encode_frame(camera, jpeg_encode(image, quality), ts_ms, index,
-                                                modality))
+    def send(camera: str, image: np.ndarray | bytes, ts_ms: int, index: int) -> None:
+        jpeg = image if isinstance(image, bytes) else jpeg_encode(image, quality)
+        record = OutRecord(topic, *encode_frame(camera, jpeg, ts_ms, index, modality))
         if producer.send(dataclasses.replace(record, timestamp_ms=ts_ms)) is None:
             stats.dropped += 1
         else:
@@ -306,18 +306,75 @@ def publish(
         for image in _passes(src, loop, stop):
             if (stop is not None and stop.is_set()) or index == max_frames:
                 break
-            now = time.monotonic()
-            if period and now < next_t:
-                if src.live:
-                    continue  # a live camera runs at its own rate: thin it, never queue it
-                _wait(next_t - now, stop)
-            next_t = max(next_t + period, time.monotonic() - period)  # no catch-up bursts
+            if period and src.live and time.monotonic() < next_t:
+                continue  # a live camera runs at its own rate: thin it, never queue it
+            next_t = _paced(next_t, period, stop)
             ts_ms = time.time_ns() // 1_000_000
             for camera, view in cameras.items():
                 send(camera, view(image) if view else image, ts_ms, index)
             stats.frames += 1
             index += 1
     return stats
+
+
+def encode_ahead(
+    source: str | Path,
+    cameras: Mapping[str, View | None],
+    frames: int,
+    jpeg_quality: int,
+) -> list[dict[str, bytes]]:
+    """The first ``frames`` frames of ``source`` (fewer if it is shorter) through each camera's
+    view, JPEG-encoded once, ahead of time: for :func:`publish_encoded`, so that a benchmark's
+    simulated cameras cost the machine under test only their sending, as real cameras (which
+    compress on their own hardware) do."""
+    src = open_source(source)
+    if src.live:
+        raise ValueError(f"{src.name} is live: only a recording can be encoded ahead")
+    out: list[dict[str, bytes]] = []
+    for image in src.frames():
+        if len(out) == frames:
+            break
+        out.append({camera: jpeg_encode(view(image) if view else image, jpeg_quality)
+                    for camera, view in cameras.items()})
+    if not out:
+        raise ValueError(f"{src.name} has no frames")
+    return out
+
+
+def publish_encoded(
+    cfg: KafkaConfig,
+    frames: list[dict[str, bytes]],
+    fps: float,
+    *,
+    max_frames: int,
+    stop: threading.Event | None = None,
+) -> PublishStats:
+    """Publish frames from :func:`encode_ahead` (``{camera: JPEG}`` each), paced to ``fps``,
+    looping over them until ``max_frames`` ticks; stamped and numbered as :func:`publish`."""
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if not frames:
+        raise ValueError("no frames to publish")
+    period = 1.0 / fps
+    next_t = time.monotonic()
+    with _sending(cfg, list(frames[0]), cfg.frames_topic, None, None, None) as (send, stats):
+        for index in range(max_frames):
+            if stop is not None and stop.is_set():
+                break
+            next_t = _paced(next_t, period, stop)
+            ts_ms = time.time_ns() // 1_000_000
+            for camera, jpeg in frames[index % len(frames)].items():
+                send(camera, jpeg, ts_ms, index)
+            stats.frames += 1
+    return stats
+
+
+def _paced(next_t: float, period: float, stop: threading.Event | None) -> float:
+    """Wait for a frame's slot ``next_t``; returns the next slot (late: no catch-up burst)."""
+    now = time.monotonic()
+    if period and now < next_t:
+        _wait(next_t - now, stop)
+    return max(next_t + period, time.monotonic() - period)
 
 
 def publish_cameras(

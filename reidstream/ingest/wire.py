@@ -97,7 +97,8 @@ class Frame:
     ts_ms: int  # capture time, epoch milliseconds
     frame_index: int
     modality: str | None
-    image: np.ndarray  # BGR, HxWx3 uint8
+    image: np.ndarray | None  # BGR, HxWx3 uint8; None until decode_pixels (pixels=False)
+    jpeg: bytes | None = None  # the checked, not yet decoded JPEG (pixels=False)
 
 
 def valid_camera(camera: object) -> bool:
@@ -139,12 +140,15 @@ def decode_frame(
     max_bytes: int,
     cameras: Collection[str] | None = None,
     max_pixels: int = 0,
+    pixels: bool = True,
 ) -> Frame:
     """Check a frames-topic record and decode its JPEG, or raise :class:`BadMessage`.
 
     Cheap checks (headers, allow-list ``cameras``, size, and the pixel count the JPEG header
     declares, when ``max_pixels`` is set) run before the JPEG is decoded, so a flood of
     unwanted frames costs little and a small file declaring a huge image is never decoded.
+    ``pixels=False`` stops there: the frame keeps its JPEG for :func:`decode_pixels`, for a
+    reader that uses only some frames (a detection stride).
     """
     hdr = _header_map(headers, key)
     camera_hint = _camera_hint(key, hdr)
@@ -173,8 +177,24 @@ def decode_frame(
         raise bad(EMPTY_FRAME, "no image bytes")
     if len(value) > max_bytes:
         raise bad(OVERSIZED_FRAME, f"{len(value)} bytes > limit {max_bytes}")
-    image = _decode_jpeg(value, bad, max_pixels)
-    return Frame(camera, ts_ms, frame_index, modality, image)
+    _check_jpeg(value, bad, max_pixels)
+    if not pixels:
+        return Frame(camera, ts_ms, frame_index, modality, None, bytes(value))
+    return Frame(camera, ts_ms, frame_index, modality, _decode_jpeg(value, bad))
+
+
+def decode_pixels(frame: Frame) -> np.ndarray:
+    """The image of a frame read with ``pixels=False`` (decoded once, then kept), or raise
+    :class:`BadMessage` when its JPEG does not decode."""
+    if frame.image is None:
+        if frame.jpeg is None:
+            raise ValueError("a frame with neither image nor JPEG")
+
+        def bad(reason: str, detail: str = "") -> BadMessage:
+            return BadMessage(reason, detail, frame.camera)
+
+        frame.image, frame.jpeg = _decode_jpeg(frame.jpeg, bad), None
+    return frame.image
 
 
 def jpeg_encode(image: np.ndarray, quality: int = 90) -> bytes:
@@ -262,9 +282,8 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _decode_jpeg(value: bytes, bad: _Bad, max_pixels: int = 0) -> np.ndarray:
-    import cv2
-
+def _check_jpeg(value: bytes, bad: _Bad, max_pixels: int = 0) -> None:
+    """What can be told without decoding: the JPEG markers and the declared size."""
     if not value.startswith(_JPEG_SOI):
         raise bad(CORRUPT_JPEG, "no JPEG start-of-image marker")
     # libjpeg fills a truncated image with grey and only warns: refuse it here instead.
@@ -276,6 +295,11 @@ def _decode_jpeg(value: bytes, bad: _Bad, max_pixels: int = 0) -> np.ndarray:
             raise bad(CORRUPT_JPEG, "no JPEG frame header")
         if size[0] * size[1] > max_pixels:
             raise bad(TOO_MANY_PIXELS, f"{size[1]}x{size[0]} declared, limit {max_pixels} pixels")
+
+
+def _decode_jpeg(value: bytes, bad: _Bad) -> np.ndarray:
+    import cv2
+
     try:
         image = cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:

@@ -33,6 +33,7 @@ import numpy as np
 from reidstream.cli import add_config_arguments, load_cli_config
 
 WARMUP_S = 8.0
+ENCODED_FRAMES = 600  # bench pipeline --camera-encoding ahead: frames kept (looped), ~70 KB a view
 STEADY_AFTER_S = 5.0  # steady-state rate: frames finished from this long after publishing starts
 
 
@@ -43,6 +44,11 @@ def add_arguments_run_bench(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--fps", type=float, default=10.0, help="publishing rate per camera")
     parser.add_argument("--seconds", type=float, default=30.0, help="publishing time per run")
+    parser.add_argument("--camera-encoding", choices=["ahead", "live"], default="ahead",
+                        help="bench pipeline: the simulated cameras' JPEGs made before the run "
+                        "(ahead: as real cameras, which compress on their own hardware, the "
+                        "machine under test only receives them) or while publishing (live: the "
+                        "bench's own encoding competes with the pipeline for the CPU)")
     parser.add_argument("--scene", help="scene folder from `reidstream synth` (bench scene)")
     parser.add_argument("--journal", help="linker journal from `bench scene` (bench linker)")
     parser.add_argument("--tracks", help="track summaries from `bench scene` (bench linker)")
@@ -93,7 +99,8 @@ def run_bench(args: argparse.Namespace) -> int:
     results = []
     for n in args.cameras:
         print(f"bench: {n} camera(s) at {args.fps:g} fps for {args.seconds:g} s ...", flush=True)
-        result = pipeline_run(copy.deepcopy(cfg), str(video), n, args.fps, args.seconds)
+        result = pipeline_run(copy.deepcopy(cfg), str(video), n, args.fps, args.seconds,
+                              encode_ahead=args.camera_encoding == "ahead")
         results.append(result)
         _print_row(result)
     return _write(out, results)
@@ -248,14 +255,23 @@ def checkpoint_calibration(cfg: Any) -> Any:
     return SiteCalibration.from_meta(load_checkpoint(path).meta)
 
 
-def pipeline_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float) -> dict[str, Any]:
+def pipeline_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float,
+                 encode_ahead: bool = True) -> dict[str, Any]:
     """One ``bench pipeline`` row: a fresh broker and pipeline, ``cameras`` views of ``video``
-    published at ``fps`` for ``seconds``; also what ``bench/speed_check.py`` measures."""
+    published at ``fps`` for ``seconds``; also what ``bench/speed_check.py`` measures.
+
+    ``encode_ahead``: the views' JPEGs are made before the pipeline starts (at most
+    ``ENCODED_FRAMES`` frames, looped), so the cameras' compression is not counted against the
+    machine under test; False encodes while publishing, in this process (as before 2026-12-01).
+    """
+    from reidstream.ingest import publisher
     from reidstream.ingest.broker import EmbeddedBroker
-    from reidstream.ingest.publisher import publish
     from reidstream.pipeline.runner import Pipeline
 
     views = camera_views(cameras)
+    ticks = int(seconds * fps)
+    encoded = publisher.encode_ahead(video, views, min(ticks, ENCODED_FRAMES),
+                                     cfg.kafka.jpeg_quality) if encode_ahead else None
     cfg.kafka.group_id = f"reidstream-bench-{uuid.uuid4().hex[:8]}"
     cfg.pipeline.idle_stop_seconds = 5.0
     cfg.pipeline.run_seconds = seconds + 60.0
@@ -269,23 +285,35 @@ def pipeline_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float)
         def publish_after_warmup() -> None:
             # The consumer group joins and the actors warm up during the first polls; frames
             # published then would measure start-up, not the steady state.
-            if not stop.wait(WARMUP_S):
-                window["start"], window["cpu_start"] = time.time(), _cpu_busy_total()
-                sent = publish(cfg.kafka, video, views, fps, max_frames=int(seconds * fps),
-                               loop=True, stop=stop)
-                window["end"], window["cpu_end"] = time.time(), _cpu_busy_total()
-                window["records"] = sent.records
+            if stop.wait(WARMUP_S):
+                return
+            window["start"], window["cpu_start"] = time.time(), _cpu_busy_total()
+            try:
+                if encoded is not None:
+                    sent = publisher.publish_encoded(cfg.kafka, encoded, fps, max_frames=ticks,
+                                                     stop=stop)
+                else:
+                    sent = publisher.publish(cfg.kafka, video, views, fps, max_frames=ticks,
+                                             loop=True, stop=stop)
+            except Exception as exc:  # noqa: BLE001 - reported by the bench once the run ends
+                window["error"] = exc
+                return
+            window["end"], window["cpu_end"] = time.time(), _cpu_busy_total()
+            window["records"] = sent.records
 
-        publisher = threading.Thread(target=publish_after_warmup, daemon=True)
+        cameras_thread = threading.Thread(target=publish_after_warmup, daemon=True)
         started = time.monotonic()
-        publisher.start()
+        cameras_thread.start()
         try:
             stats = pipeline.run()
         finally:
             stop.set()
-            publisher.join(timeout=10)
+            cameras_thread.join(timeout=10)
             pipeline.shutdown()
         wall = time.monotonic() - started - WARMUP_S
+    if "error" in window:  # a row of nothing measured would read as a pipeline that stalled
+        raise RuntimeError(f"the bench's cameras stopped publishing: {window['error']!r}") \
+            from window["error"]
     from reidstream.device import cpu_model
 
     summary = stats.summary()
@@ -304,6 +332,7 @@ def pipeline_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float)
         "backends": pipeline_backends,
         "cameras": cameras,
         "offered_fps": offered,
+        "camera_encoding": "live" if encoded is None else "ahead",
         "published_fps": round(published, 2),
         "processed_frames": summary["frames"],
         "sustained_fps": round(summary["frames"] / (wall - cfg.pipeline.idle_stop_seconds), 2),
@@ -354,7 +383,8 @@ def _print_row(r: dict[str, Any]) -> None:
     lat = r["frame_latency_ms"]
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(r["stage_seconds"].items()))
     print(
-        f"  cameras={r['cameras']} offered={r['offered_fps']:g} fps (sent {r['published_fps']})"
+        f"  cameras={r['cameras']} offered={r['offered_fps']:g} fps (sent {r['published_fps']},"
+        f" encoded {r['camera_encoding']})"
         f" steady={r['steady_fps']}"
         f" fps (overall {r['sustained_fps']}) cpu busy {r['cpu_busy']:.0%}"
         f" latency p50/p95/p99={lat.get('p50')}/{lat.get('p95')}/{lat.get('p99')} ms"

@@ -316,7 +316,9 @@ class CameraWorker:
             self.model_version = stages["model_version"]
         self.detector, self.embedder, self.linker, self.sink = detector, embedder, linker, sink
         self.harvest = harvest
-        self.source = FrameSource(cfg.kafka, on_revoke=self._on_revoke)
+        # On a detection stride most frames are only acknowledged: decode just the due ones.
+        self.source = FrameSource(cfg.kafka, on_revoke=self._on_revoke,
+                                  pixels=cfg.detection.stride == 1)
         self.trackers: dict[str, Any] = {}
         self._sessions: dict[str, str] = {}  # camera -> id of its tracker's life (harvest)
         self._crop_vectors: dict[tuple[str, int], dict[int, np.ndarray]] = {}
@@ -383,7 +385,7 @@ class CameraWorker:
             else:
                 self._last_seen[item.camera] = now
                 frames.append((tp, offset, item))
-        batch = self._start_detection(frames)
+        batch = self._start_detection(frames, stats)
         if self.cfg.pipeline.detect_ahead:
             batch, self._ahead = self._ahead, batch
         self._finish_batch(batch, stats)
@@ -421,9 +423,24 @@ class CameraWorker:
             self._forget_camera(camera)
         self._release()  # a camera without a tracker holds nothing back
 
-    def _start_detection(self, frames: list) -> _Batch:
-        """Pick the frames due for detection (``detection.stride``) and send them off."""
-        batch = _Batch(frames, [f for f in frames if self._detection_due(f[2])])
+    def _start_detection(self, frames: list, stats: StepStats) -> _Batch:
+        """Pick the frames due for detection (``detection.stride``) and send them off. A due
+        frame whose JPEG does not decode is refused, and the camera's next frame is due."""
+        from reidstream.ingest.wire import BadMessage, decode_pixels
+
+        batch = _Batch(frames, [])
+        for tp, offset, frame in frames:
+            if not self._detection_due(frame):
+                continue
+            try:
+                decode_pixels(frame)
+            except BadMessage as bad:
+                self.source.refuse(tp, offset, frame, bad)
+                stats.count_bad(bad.reason)
+                batch.refused.add((tp, offset))
+                continue
+            self._last_detected[frame.camera] = frame.frame_index
+            batch.due.append((tp, offset, frame))
         if batch.due:
             try:
                 batch.detections = self._submit(
@@ -522,10 +539,7 @@ class CameraWorker:
         in between are only acknowledged (their boxes are interpolated into the tracks)."""
         stride = self.cfg.detection.stride
         last = self._last_detected.get(frame.camera)
-        if stride > 1 and last is not None and 0 < frame.frame_index - last < stride:
-            return False
-        self._last_detected[frame.camera] = frame.frame_index
-        return True
+        return not (stride > 1 and last is not None and 0 < frame.frame_index - last < stride)
 
     def _modality(self, camera: str) -> str:
         """A camera's modality: its frames' header, else ``pipeline.infrared_cameras``."""
