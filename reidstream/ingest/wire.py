@@ -178,9 +178,10 @@ def decode_frame(
     if len(value) > max_bytes:
         raise bad(OVERSIZED_FRAME, f"{len(value)} bytes > limit {max_bytes}")
     _check_jpeg(value, bad, max_pixels)
-    if not pixels:
-        return Frame(camera, ts_ms, frame_index, modality, None, bytes(value))
-    return Frame(camera, ts_ms, frame_index, modality, _decode_jpeg(value, bad))
+    frame = Frame(camera, ts_ms, frame_index, modality, None, bytes(value))
+    if pixels:
+        decode_pixels(frame)
+    return frame
 
 
 def decode_pixels(frame: Frame) -> np.ndarray:
