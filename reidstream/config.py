@@ -296,7 +296,18 @@ class DetectionConfig:
     int8_frames: int
     int8_frame_step: int
     stride: int
+    max_stride: int
+    shed_latency_s: float
+    restore_latency_s: float
+    shed_hold_s: float
     head: str
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise ConfigError(f"detection.stride must be >= 1, got {self.stride}")
+        if not 0 <= self.restore_latency_s < self.shed_latency_s:
+            raise ConfigError(f"detection.restore_latency_s ({self.restore_latency_s}) must be "
+                              f">= 0 and below detection.shed_latency_s ({self.shed_latency_s})")
 
 
 @dataclass

@@ -24,6 +24,9 @@ def pipeline_cfg(kafka_cfg, ray_local, assets_dir, data_dir):
             "pipeline.max_poll_records": 8,
             "gallery.num_shards": 2,
             "gallery.actor_num_cpus": 0.1,
+            # The tests count detections; load shedding (a late worker on a longer stride)
+            # has tests of its own.
+            "detection.max_stride": 1,
         }
     )
     cfg.kafka = dataclasses.replace(kafka_cfg, cameras=["cam1", "cam2"])
@@ -358,6 +361,8 @@ def test_a_killed_worker_and_a_killed_gallery_shard_lose_nothing(pipeline_cfg, a
     assert scraped['reidstream_bad_records_total{reason="corrupt_jpeg"}'] == (
         stats.bad_by_reason["corrupt_jpeg"]) >= 1  # a re-read after the kill counts it again
     assert 'reidstream_kafka_lag_frames{partition="0"}' in scraped
+    assert 0 < scraped["reidstream_frames_detected_total"] == stats.detected <= stats.frames
+    assert scraped['reidstream_detection_stride{worker="0"}'] == 1  # max_stride 1: never sheds
 
     assert [f["kind"] for f in injector.done] == ["worker", "control", "shard"]
     assert all(f["what"].startswith("killed") for f in injector.done), injector.done
@@ -597,20 +602,8 @@ def test_steps_return_what_went_before_a_failed_step_with_the_failure(
         linker.gallery.shutdown()
 
 
-@pytest.mark.slow
-def test_on_a_stride_only_due_frames_are_decoded_and_a_corrupt_one_passes_the_turn_on(
-    pipeline_cfg, assets
-):
-    """``detection.stride`` 2: frames between detections are acknowledged undecoded. A due
-    frame whose JPEG passes the marker checks but does not decode is refused, dead-lettered
-    and committed, and the camera's next frame is detected in its place (the real detector,
-    wrapped to count what it was given)."""
-    import time
-
-    from reidstream.ingest.kafka_clients import ensure_topics
-    from reidstream.ingest.producer import OutRecord, SafeProducer
-    from reidstream.ingest.publisher import publish, view_left
-    from reidstream.ingest.wire import encode_frame
+def _worker_counting_detections(cfg):
+    """A real camera worker whose real detector counts the frames it was given."""
     from reidstream.pipeline.stages import (
         CameraWorker,
         DetectorStage,
@@ -625,6 +618,27 @@ def test_on_a_stride_only_due_frames_are_decoded_and_a_corrupt_one_passes_the_tu
         def detect(self, frames):
             self.frames += len(frames)
             return super().detect(frames)
+
+    detector = Counting(cfg)
+    embedder = EmbedderStage(cfg)
+    linker = LinkerStage(cfg, embedder.feature_dim())
+    return CameraWorker(cfg, 0, detector, embedder, linker, EventSink(cfg)), detector, linker
+
+
+@pytest.mark.slow
+def test_on_a_stride_only_due_frames_are_decoded_and_a_corrupt_one_passes_the_turn_on(
+    pipeline_cfg, assets
+):
+    """``detection.stride`` 2: frames between detections are acknowledged undecoded. A due
+    frame whose JPEG passes the marker checks but does not decode is refused, dead-lettered
+    and committed, and the camera's next frame is detected in its place (the real detector,
+    wrapped to count what it was given)."""
+    import time
+
+    from reidstream.ingest.kafka_clients import ensure_topics
+    from reidstream.ingest.producer import OutRecord, SafeProducer
+    from reidstream.ingest.publisher import publish, view_left
+    from reidstream.ingest.wire import encode_frame
 
     cfg = pipeline_cfg
     cfg.detection.stride = 2
@@ -644,10 +658,7 @@ def test_on_a_stride_only_due_frames_are_decoded_and_a_corrupt_one_passes_the_tu
             OutRecord(cfg.kafka.frames_topic, *encode_frame("cam1", broken, now_ms, 6)),
             OutRecord(cfg.kafka.frames_topic, *encode_frame("cam1", good, now_ms + 100, 7)),
         ])
-    detector = Counting(cfg)
-    embedder = EmbedderStage(cfg)
-    linker = LinkerStage(cfg, embedder.feature_dim())
-    worker = CameraWorker(cfg, 0, detector, embedder, linker, EventSink(cfg))
+    worker, detector, linker = _worker_counting_detections(cfg)
     assert worker.source.pixels is False
     try:
         steps, deadline = [], time.monotonic() + 90
@@ -662,3 +673,67 @@ def test_on_a_stride_only_due_frames_are_decoded_and_a_corrupt_one_passes_the_tu
     assert len(_read_all(cfg, cfg.kafka.dead_letter_topic)) == 1
     committed, next_offset = _committed_and_next(cfg)
     assert committed == next_offset
+
+
+@pytest.mark.slow
+def test_a_late_worker_sheds_load_on_a_stride_and_returns_when_on_time(pipeline_cfg, assets):
+    """``detection.max_stride`` 2: frames that arrive seconds late (a backlog) make the worker
+    detect every other frame, its tracker following the stride; frames on time bring it back
+    to every frame. Real worker, detector (wrapped to count what it was given) and broker."""
+    import time
+
+    from reidstream.ingest.kafka_clients import ensure_topics
+    from reidstream.ingest.producer import OutRecord, SafeProducer
+    from reidstream.ingest.publisher import publish, view_left
+    from reidstream.ingest.wire import encode_frame
+
+    cfg = pipeline_cfg
+    cfg.detection.max_stride = 2
+    cfg.detection.shed_latency_s, cfg.detection.restore_latency_s = 3.0, 2.0
+    cfg.detection.shed_hold_s = 0.0
+    cfg.pipeline.detect_ahead = False
+    ensure_topics(cfg.kafka, partitions=1)
+    publish(cfg.kafka, str(assets.asset("vtest.avi")), {"cam1": view_left}, fps=0,
+            max_frames=24, topic="shedding-jpegs")
+    jpegs = _read_all(cfg, "shedding-jpegs")
+    assert len(jpegs) == 24
+
+    def send(first: int, count: int, ts_ms: int) -> None:
+        with SafeProducer(cfg.kafka) as producer:
+            assert producer.deliver([
+                OutRecord(cfg.kafka.frames_topic,
+                          *encode_frame("cam1", jpegs[i], ts_ms + 100 * (i - first), i))
+                for i in range(first, first + count)
+            ])
+
+    worker, detector, linker = _worker_counting_detections(cfg)
+    assert worker.source.pixels is False  # it may shed, so it decodes only due frames
+    steps: list = []
+
+    def step_until(frames: int) -> None:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and sum(s.frames for s in steps) < frames:
+            steps.append(worker.step())
+        assert sum(s.frames for s in steps) == frames
+
+    try:
+        # A backlog: captured 20 s ago. The first poll (8 frames) is detected whole; then the
+        # worker knows it is late and detects every other frame.
+        send(0, 16, int(time.time() * 1000) - 20_000)
+        step_until(16)
+        late = detector.frames
+        assert worker.governor.stride == 2 and worker.trackers["cam1"].detect_stride == 2
+        assert steps[-1].stride == 2
+        assert late <= 8 + 4  # of 16
+        # On time: one frame sent as it is captured, then a step, eight times.
+        for i in range(16, 24):
+            send(i, 1, int(time.time() * 1000))
+            step_until(i + 1)
+        worker.finish()
+    finally:
+        linker.gallery.shutdown()
+    assert worker.governor.stride == 1 and worker.trackers["cam1"].detect_stride == 1
+    assert detector.frames - late >= 7  # at most the first on-time frame fell between two
+    assert sum(s.detected for s in steps) == detector.frames
+    committed, next_offset = _committed_and_next(cfg)
+    assert committed == next_offset  # every frame done, detected or not

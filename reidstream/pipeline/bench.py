@@ -87,6 +87,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     print(f"bench: on {cpu_model()}; detection.backend={cfg.detection.backend} "
           f"embed.backend={cfg.embed.backend} detection.stride={cfg.detection.stride} "
+          f"(max_stride {cfg.detection.max_stride}) "
           f"detection.head={cfg.detection.head}", flush=True)
     if args.target == "soak":
         from reidstream.pipeline.soak import print_soak, soak_run
@@ -342,6 +343,9 @@ def pipeline_run(cfg: Any, video: str, cameras: int, fps: float, seconds: float,
         "event_latency_ms": summary["event_latency_ms"],
         "events": summary["events"],
         "crops_embedded": summary["crops_embedded"],
+        # Below 1 on a stride, or while a late worker shed load (detection.max_stride).
+        "detected_share": round(summary["frames_detected"] / max(summary["frames"], 1), 3),
+        "stride_changes": summary["stride_changes"],
         # The embedder as the pipeline uses it: one actor thread, batches of a step's crops.
         "embed_crops_per_s": round(
             summary["crops_embedded"] / max(summary["stage_seconds"].get("embed", 0.0), 1e-9), 1
@@ -388,7 +392,9 @@ def _print_row(r: dict[str, Any]) -> None:
         f" steady={r['steady_fps']}"
         f" fps (overall {r['sustained_fps']}) cpu busy {r['cpu_busy']:.0%}"
         f" latency p50/p95/p99={lat.get('p50')}/{lat.get('p95')}/{lat.get('p99')} ms"
-        f" events={r['events']}\n  stage time: {stages}; embedder {r['embed_crops_per_s']} crops/s"
+        f" events={r['events']} detected {r['detected_share']:.0%} of frames"
+        f" (stride changes {r['stride_changes']})\n"
+        f"  stage time: {stages}; embedder {r['embed_crops_per_s']} crops/s"
         f" ({r['crops_embedded']} crops)",
         flush=True,
     )

@@ -89,6 +89,8 @@ class _Progress:
             f"events={s['events']} tracks={s['tracks_finished']} "
             f"latency since last line p50={lat.get('p50', '-')}ms p95={lat.get('p95', '-')}ms"
             + f" queue={s['in_flight']} (held {s['held_for_open_tracks']})"
+            + (f" stride={'/'.join(str(k) for _, k in sorted(s['strides'].items()))}"
+               if any(k > 1 for k in s["strides"].values()) else "")
             + (f" lag={sum(stats_lag.values())}" if (stats_lag := self.lag()) else "")
             + (f" restarts={sum(s['restarts'].values())}" if s["restarts"] else ""),
             flush=True,

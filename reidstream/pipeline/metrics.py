@@ -77,6 +77,7 @@ class _Collector:
             ("events", "match and retract events published", s.events),
             ("tracks_finished", "local tracks finished", s.tracks_finished),
             ("crops_embedded", "track crops embedded", s.crops_embedded),
+            ("frames_detected", "frames the detector took (fewer on a stride)", s.detected),
         ):
             yield CounterMetricFamily(f"reidstream_{name}", help_, value=value)
         bad = CounterMetricFamily("reidstream_bad_records", "refused records", labels=["reason"])
@@ -98,6 +99,12 @@ class _Collector:
         queue.add_metric(["in_flight"], s.in_flight)
         queue.add_metric(["held_for_open_tracks"], s.held)
         yield queue
+        stride = GaugeMetricFamily("reidstream_detection_stride",
+                                   "each worker's detection stride now (above detection.stride: "
+                                   "shedding load)", labels=["worker"])
+        for worker, k in s.strides.items():
+            stride.add_metric([str(worker)], k)
+        yield stride
         lag = GaugeMetricFamily("reidstream_kafka_lag_frames", "frames past the group's commit",
                                 labels=["partition"])
         for partition, n in (self.lag() if self.lag is not None else {}).items():

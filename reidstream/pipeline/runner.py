@@ -51,6 +51,8 @@ class PipelineStats:
     events: int = 0
     tracks_finished: int = 0
     crops_embedded: int = 0
+    detected: int = 0  # frames the detector took (fewer than frames on a stride)
+    stride_changes: int = 0  # load shedding's, all workers
     last_frame_at: float = field(default_factory=time.monotonic)
     seconds: Counter = field(default_factory=Counter)
     restarts: Counter = field(default_factory=Counter)  # actors restarted, by kind
@@ -61,6 +63,7 @@ class PipelineStats:
     event_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=KEEP_SAMPLES))
     latency_count: int = 0  # frame latency samples ever added
     queues: dict[int, tuple[int, int]] = field(default_factory=dict)  # worker -> (flight, held)
+    strides: dict[int, int] = field(default_factory=dict)  # worker -> its detection stride now
 
     @property
     def in_flight(self) -> int:
@@ -76,6 +79,8 @@ class PipelineStats:
         self.events += step.events
         self.tracks_finished += step.tracks_finished
         self.crops_embedded += step.crops_embedded
+        self.detected += step.detected
+        self.stride_changes += step.stride_changes
         if step.frames or step.bad:
             self.last_frame_at = time.monotonic()
         self.seconds.update(step.seconds)
@@ -86,6 +91,7 @@ class PipelineStats:
         self.event_latency_ms.extend(step.event_latency_ms)
         if step.worker >= 0:
             self.queues[step.worker] = (step.in_flight, step.held)
+            self.strides[step.worker] = step.stride
 
     def summary(self) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -97,6 +103,9 @@ class PipelineStats:
             "events": self.events,
             "tracks_finished": self.tracks_finished,
             "crops_embedded": self.crops_embedded,
+            "frames_detected": self.detected,
+            "strides": dict(self.strides),
+            "stride_changes": self.stride_changes,
             "frame_latency_ms": percentiles(self.frame_latency_ms),
             "event_latency_ms": percentiles(self.event_latency_ms),
             "stage_seconds": {k: round(v, 3) for k, v in self.seconds.items()},

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from reidstream.config import Config
+from reidstream.pipeline.shedding import StrideGovernor
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +267,9 @@ class StepStats:
     worker: int = -1  # which worker: the driver keeps each one's latest queue depth
     in_flight: int = 0  # polled, not yet done (after the step)
     held: int = 0  # ... of which held back for open tracks
+    detected: int = 0  # frames the detector took (the others: between two on a stride)
+    stride: int = 1  # the worker's detection stride after the step (load shedding)
+    stride_changes: int = 0  # ... changed by this step
 
     def count_bad(self, reason: str, n: int = 1) -> None:
         self.bad += n
@@ -316,14 +320,17 @@ class CameraWorker:
             self.model_version = stages["model_version"]
         self.detector, self.embedder, self.linker, self.sink = detector, embedder, linker, sink
         self.harvest = harvest
+        d = cfg.detection
+        self.governor = StrideGovernor(d.stride, d.max_stride, d.shed_latency_s * 1000.0,
+                                       d.restore_latency_s * 1000.0, d.shed_hold_s)
         # On a detection stride most frames are only acknowledged: decode just the due ones.
         self.source = FrameSource(cfg.kafka, on_revoke=self._on_revoke,
-                                  pixels=cfg.detection.stride == 1)
+                                  pixels=self.governor.most == 1)
         self.trackers: dict[str, Any] = {}
         self._sessions: dict[str, str] = {}  # camera -> id of its tracker's life (harvest)
         self._crop_vectors: dict[tuple[str, int], dict[int, np.ndarray]] = {}
         self._last_report: dict[str, float] = {}
-        self._last_detected: dict[str, int] = {}  # camera -> frame index (detection.stride)
+        self._last_detected: dict[str, int] = {}  # camera -> frame index (the stride)
         self._modalities: dict[str, str] = {}  # camera -> its frames' modality header
         self._ahead: _Batch | None = None  # pipeline.detect_ahead: polled, being detected
         # Frames processed but not yet done, per camera, oldest first: (index, ts, tp, offset).
@@ -477,11 +484,29 @@ class CameraWorker:
         self._link_and_publish(finished, stats)
         self._release()
         done = _now_ms()
+        latencies = []
         for _, _, frame in batch.frames:
             lat = _latency_ms(frame.ts_ms)
             if lat is not None:
-                stats.frame_latency_ms.append(lat)
+                latencies.append(lat)
             stats.frame_done_ms.append(done)
+        stats.frame_latency_ms += latencies
+        stats.detected = len(batch.due) - len(batch.refused & {(tp, o) for tp, o, _ in batch.due})
+        stats.stride_changes += self._shed(latencies)
+        stats.stride = self.governor.stride
+
+    def _shed(self, latencies_ms: list[float]) -> int:
+        """Let the governor set the stride from this batch's lateness (see ``shedding``);
+        returns 1 when it changed."""
+        before = self.governor.stride
+        stride = self.governor.observe(latencies_ms)
+        if stride == before:
+            return 0
+        log.info("worker %d: frames %.1f s late (step median); detecting 1 frame in %d of each "
+                 "camera", self.index, float(np.median(latencies_ms)) / 1000.0, stride)
+        for tracker in self.trackers.values():
+            tracker.detect_stride = stride
+        return 1
 
     def _detections(self, batch: _Batch, stats: StepStats) -> dict[tuple[Any, int], Any]:
         """The batch's detections by (partition, offset). When the batch fails, each frame is
@@ -535,9 +560,10 @@ class CameraWorker:
                 del self._held[camera]
 
     def _detection_due(self, frame: Any) -> bool:
-        """Every ``detection.stride``-th frame of a camera is detected and tracked; the frames
-        in between are only acknowledged (their boxes are interpolated into the tracks)."""
-        stride = self.cfg.detection.stride
+        """Every k-th frame of a camera is detected and tracked (``detection.stride``, longer
+        while shedding load); the frames in between are only acknowledged (their boxes are
+        interpolated into the tracks)."""
+        stride = self.governor.stride
         last = self._last_detected.get(frame.camera)
         return not (stride > 1 and last is not None and 0 < frame.frame_index - last < stride)
 
@@ -708,7 +734,7 @@ class CameraWorker:
             self._call(self.linker.supersede, camera, base, first_ts_ms)
             self.trackers[camera] = CameraTracker(
                 self.cfg.tracking, self.cfg.pipeline.default_fps, camera=camera,
-                detect_stride=self.cfg.detection.stride, id_base=base,
+                detect_stride=self.governor.stride, id_base=base,
             )
             self._sessions[camera] = new_session()
         return self.trackers[camera]

@@ -102,9 +102,6 @@ class CameraTracker:
         frames in between are interpolated into each track's history."""
         if frame_rate <= 0:
             raise ValueError(f"frame_rate must be positive, got {frame_rate}")
-        if detect_stride < 1:
-            raise ValueError(f"detect_stride must be >= 1, got {detect_stride}")
-        self.detect_stride = detect_stride
         if cfg.gmc_method not in GMC_METHODS:
             raise ValueError(
                 f"tracking.gmc_method {cfg.gmc_method!r}: expected one of {GMC_METHODS}"
@@ -114,7 +111,9 @@ class CameraTracker:
         self.frame_rate = float(frame_rate)
         self.max_lost = max(1, round(cfg.max_lost_frames * self.frame_rate / REFERENCE_FPS))
         self._tracker_cls = TRACKERS.get(cfg.tracker)()
+        self._stride = 1
         self._tracker = self._new_tracker()
+        self.detect_stride = detect_stride
         self._id_base = id_base  # added to the motion model's ids; raised on each restart
         self._max_id = id_base
         self._live: dict[int, TrackState] = {}
@@ -129,7 +128,7 @@ class CameraTracker:
             track_high_thresh=self.cfg.track_high_thresh,
             track_low_thresh=self.cfg.track_low_thresh,
             new_track_thresh=self.cfg.new_track_thresh,
-            track_buffer=max(1, round(self.max_lost / self.detect_stride)),
+            track_buffer=self._track_buffer(),
             match_thresh=self.cfg.match_thresh,
             fuse_score=self.cfg.fuse_score,
             gmc_method=self.cfg.gmc_method,
@@ -144,6 +143,22 @@ class CameraTracker:
             # Older ultralytics scales track_buffer by frame_rate / 30 itself; ours is scaled.
             return self._tracker_cls(args, frame_rate=int(REFERENCE_FPS))
         return self._tracker_cls(args)
+
+    def _track_buffer(self) -> int:
+        return max(1, round(self.max_lost / self._stride))
+
+    @property
+    def detect_stride(self) -> int:
+        return self._stride
+
+    @detect_stride.setter
+    def detect_stride(self, stride: int) -> None:
+        """A new stride from the next update on (a worker shedding load): the motion model's
+        lost-track buffer counts updates, so it is rescaled to keep ``max_lost`` frames."""
+        if stride < 1:
+            raise ValueError(f"detect_stride must be >= 1, got {stride}")
+        self._stride = int(stride)
+        self._tracker.args.track_buffer = self._tracker.max_frames_lost = self._track_buffer()
 
     @property
     def live_tracks(self) -> list[TrackState]:
