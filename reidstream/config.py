@@ -300,6 +300,7 @@ class DetectionConfig:
     shed_latency_s: float
     restore_latency_s: float
     shed_hold_s: float
+    restore_busy: float
     head: str
 
     def __post_init__(self) -> None:
@@ -308,6 +309,8 @@ class DetectionConfig:
         if not 0 <= self.restore_latency_s < self.shed_latency_s:
             raise ConfigError(f"detection.restore_latency_s ({self.restore_latency_s}) must be "
                               f">= 0 and below detection.shed_latency_s ({self.shed_latency_s})")
+        if not 0 < self.restore_busy <= 1:
+            raise ConfigError(f"detection.restore_busy must be in (0, 1], got {self.restore_busy}")
 
 
 @dataclass

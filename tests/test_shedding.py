@@ -131,3 +131,23 @@ def test_without_a_hold_each_step_decides() -> None:
         clock.now += 0.25
         strides.append(g.observe(latencies))
     assert strides == [2, 2, 1, 1, 2, 1]
+
+
+def test_on_time_but_busy_is_no_reason_to_detect_more() -> None:
+    """Four cameras at stride 2 on two cores are on time between bursts, but the worker is
+    busy all the time: stride 1 would fall behind. Idle enough, it comes back."""
+    clock = Clock()
+    g = StrideGovernor(1, 2, shed_ms=1000.0, restore_ms=500.0, hold_s=2.0, restore_busy=0.6,
+                       clock=clock)
+
+    def run(busy_share: float, seconds: float) -> int:
+        for _ in range(int(seconds / 0.25)):
+            clock.now += 0.25
+            g.observe(ON_TIME, busy_s=0.25 * busy_share)
+        return g.stride
+
+    assert run(0.95, 20.0) == 2
+    assert g.busy_share == pytest.approx(0.95)
+    assert run(0.4, 0.75) == 2  # the last 2 s are still mostly the busy time
+    assert run(0.4, 3.0) == 1
+    assert StrideGovernor(1, 2, 1000.0, 500.0, 0.0).busy_share == 0.0  # no window to measure

@@ -26,7 +26,10 @@ class StrideGovernor:
     Late (the median latency of the frames of the last ``hold_s``, so one slow step is not
     enough, above ``shed_ms``): one stride longer, at most every ``hold_s`` (the backlog needs
     a moment to drain before the change shows). On time (that median below ``restore_ms``)
-    throughout the current wait: one stride shorter. A shorter stride that runs
+    throughout the current wait, and busy less than ``restore_busy`` of the last ``hold_s``
+    (the idle time must take the shorter stride's extra detections; on time alone is no
+    sign, since a worker at the edge of keeping up is on time too): one stride shorter.
+    A shorter stride that runs
     late again within twice its wait was too short for this load: the wait doubles (up to
     ``MAX_WAIT_FACTOR`` x ``hold_s``), so a worker that cannot keep up at ``base`` does not
     swing between the two every few seconds; a shorter stride that held resets the wait.
@@ -39,7 +42,7 @@ class StrideGovernor:
     """
 
     def __init__(self, base: int, most: int, shed_ms: float, restore_ms: float, hold_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 restore_busy: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         if base < 1:
             raise ValueError(f"detection.stride must be >= 1, got {base}")
         if not 0 <= restore_ms < shed_ms:
@@ -49,6 +52,7 @@ class StrideGovernor:
             raise ValueError(f"detection.shed_hold_s must be >= 0, got {hold_s}")
         self.base, self.most = base, max(base, most)
         self.shed_ms, self.restore_ms, self.hold_s = shed_ms, restore_ms, hold_s
+        self.restore_busy = restore_busy
         self.stride = base
         self.changes = 0
         self._timed = False  # seen a wall-clock frame
@@ -57,6 +61,7 @@ class StrideGovernor:
         self._lowered_at: float | None = None
         self._wait_s = hold_s
         self._recent: deque[tuple[float, float]] = deque()  # (time, latency ms), last hold_s
+        self._busy: deque[tuple[float, float]] = deque()  # (time, busy s), last hold_s
         self._on_time_since = self._changed_at
 
     @property
@@ -64,11 +69,24 @@ class StrideGovernor:
         """Whether the stride may change at all (``most`` above ``base``)."""
         return self.most > self.base
 
-    def observe(self, latencies_ms: Sequence[float]) -> int:
-        """Take one step's frame latencies (wall-clock frames only); returns the stride."""
-        if not latencies_ms or not self.sheds:
+    @property
+    def busy_share(self) -> float:
+        """Share of the last ``hold_s`` the worker was busy (0 without a hold to measure)."""
+        if self.hold_s <= 0 or not self._busy:
+            return 0.0
+        return sum(b for _, b in self._busy) / self.hold_s
+
+    def observe(self, latencies_ms: Sequence[float], busy_s: float = 0.0) -> int:
+        """Take one step's frame latencies (wall-clock frames only) and the seconds it was
+        busy (every step, one that found nothing too); returns the stride."""
+        if not self.sheds:
             return self.stride
         now = self._clock()
+        self._busy.append((now, busy_s))
+        while self._busy and self._busy[0][0] <= now - self.hold_s:
+            self._busy.popleft()
+        if not latencies_ms:
+            return self.stride
         if not self._timed:
             self._timed = True
             self._set(self.most, now)
@@ -85,7 +103,8 @@ class StrideGovernor:
                 else self.hold_s
             self._set(self.stride + 1, now)
         elif (late < self.restore_ms and self.stride > self.base and since >= self._wait_s
-              and now - self._on_time_since >= self._wait_s):
+              and now - self._on_time_since >= self._wait_s
+              and self.busy_share < self.restore_busy):
             self._lowered_at = now
             self._set(self.stride - 1, now)
         return self.stride

@@ -322,7 +322,8 @@ class CameraWorker:
         self.harvest = harvest
         d = cfg.detection
         self.governor = StrideGovernor(d.stride, d.max_stride, d.shed_latency_s * 1000.0,
-                                       d.restore_latency_s * 1000.0, d.shed_hold_s)
+                                       d.restore_latency_s * 1000.0, d.shed_hold_s,
+                                       d.restore_busy)
         # On a detection stride most frames are only acknowledged: decode just the due ones.
         self.source = FrameSource(cfg.kafka, on_revoke=self._on_revoke,
                                   pixels=self.governor.most == 1)
@@ -399,6 +400,9 @@ class CameraWorker:
         self._end_silent_cameras(stats)
         with _timed(stats.seconds, "commit"):
             self.source.commit_done()
+        # Busy: all but a poll that found nothing (the worker's time left over for more work).
+        busy = time.monotonic() - now + (stats.seconds["poll"] if polled else 0.0)
+        self._shed(stats, busy)
         stats.worker = self.index
         stats.in_flight = self.source.offsets.in_flight() if self.source.offsets else 0
         stats.held = sum(len(h) for h in self._held.values())
@@ -484,29 +488,26 @@ class CameraWorker:
         self._link_and_publish(finished, stats)
         self._release()
         done = _now_ms()
-        latencies = []
         for _, _, frame in batch.frames:
             lat = _latency_ms(frame.ts_ms)
             if lat is not None:
-                latencies.append(lat)
+                stats.frame_latency_ms.append(lat)
             stats.frame_done_ms.append(done)
-        stats.frame_latency_ms += latencies
         stats.detected = len(batch.due) - len(batch.refused & {(tp, o) for tp, o, _ in batch.due})
-        stats.stride_changes += self._shed(latencies)
-        stats.stride = self.governor.stride
 
-    def _shed(self, latencies_ms: list[float]) -> int:
-        """Let the governor set the stride from this batch's lateness (see ``shedding``);
-        returns 1 when it changed."""
+    def _shed(self, stats: StepStats, busy_s: float) -> None:
+        """Let the governor set the stride from this step's lateness and busy time (see
+        ``pipeline.shedding``)."""
         before = self.governor.stride
-        stride = self.governor.observe(latencies_ms)
+        stride = self.governor.observe(stats.frame_latency_ms, busy_s)
+        stats.stride = stride
         if stride == before:
-            return 0
+            return
+        stats.stride_changes += 1
         log.info("worker %d: frames %.1f s late (step median); detecting 1 frame in %d of each "
-                 "camera", self.index, float(np.median(latencies_ms)) / 1000.0, stride)
+                 "camera", self.index, float(np.median(stats.frame_latency_ms)) / 1000.0, stride)
         for tracker in self.trackers.values():
             tracker.detect_stride = stride
-        return 1
 
     def _detections(self, batch: _Batch, stats: StepStats) -> dict[tuple[Any, int], Any]:
         """The batch's detections by (partition, offset). When the batch fails, each frame is
