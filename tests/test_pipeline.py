@@ -676,10 +676,13 @@ def test_on_a_stride_only_due_frames_are_decoded_and_a_corrupt_one_passes_the_tu
 
 
 @pytest.mark.slow
-def test_a_late_worker_sheds_load_on_a_stride_and_returns_when_on_time(pipeline_cfg, assets):
+@pytest.mark.parametrize("ahead", [False, True], ids=["one-batch", "detect-ahead"])
+def test_a_late_worker_sheds_load_on_a_stride_and_returns_when_on_time(pipeline_cfg, assets,
+                                                                        ahead):
     """``detection.max_stride`` 2: frames that arrive seconds late (a backlog) make the worker
     detect every other frame, its tracker following the stride; frames on time bring it back
-    to every frame. Real worker, detector (wrapped to count what it was given) and broker."""
+    to every frame. Real worker, detector (wrapped to count what it was given) and broker.
+    With ``detect_ahead`` the batch already at the detector keeps the stride it was picked at."""
     import time
 
     from reidstream.ingest.kafka_clients import ensure_topics
@@ -691,12 +694,12 @@ def test_a_late_worker_sheds_load_on_a_stride_and_returns_when_on_time(pipeline_
     cfg.detection.max_stride = 2
     cfg.detection.shed_latency_s, cfg.detection.restore_latency_s = 3.0, 2.0
     cfg.detection.shed_hold_s = 0.0
-    cfg.pipeline.detect_ahead = False
+    cfg.pipeline.detect_ahead = ahead
     ensure_topics(cfg.kafka, partitions=1)
     publish(cfg.kafka, str(assets.asset("vtest.avi")), {"cam1": view_left}, fps=0,
-            max_frames=24, topic="shedding-jpegs")
-    jpegs = _read_all(cfg, "shedding-jpegs")
-    assert len(jpegs) == 24
+            max_frames=32, topic=f"{cfg.kafka.frames_topic}-jpegs")
+    jpegs = _read_all(cfg, f"{cfg.kafka.frames_topic}-jpegs")
+    assert len(jpegs) == 32
 
     def send(first: int, count: int, ts_ms: int) -> None:
         with SafeProducer(cfg.kafka) as producer:
@@ -717,16 +720,17 @@ def test_a_late_worker_sheds_load_on_a_stride_and_returns_when_on_time(pipeline_
         assert sum(s.frames for s in steps) == frames
 
     try:
-        # A backlog: captured 20 s ago. The first poll (8 frames) is detected whole; then the
-        # worker knows it is late and detects every other frame.
-        send(0, 16, int(time.time() * 1000) - 20_000)
-        step_until(16)
+        # A backlog: captured 20 s ago, polled 8 frames at a time. The first poll (two with
+        # detect_ahead: the second is picked before the first is done) is detected whole;
+        # then the worker knows it is late and detects every other frame.
+        send(0, 24, int(time.time() * 1000) - 20_000)
+        step_until(24)
         late = detector.frames
         assert worker.governor.stride == 2 and worker.trackers["cam1"].detect_stride == 2
         assert steps[-1].stride == 2
-        assert late <= 8 + 4  # of 16
-        # On time: one frame sent as it is captured, then a step, eight times.
-        for i in range(16, 24):
+        assert late == (16 + 4 if ahead else 8 + 4 + 4)  # of 24
+        # On time: one frame sent as it is captured, then steps until it is done, 8 times.
+        for i in range(24, 32):
             send(i, 1, int(time.time() * 1000))
             step_until(i + 1)
         worker.finish()

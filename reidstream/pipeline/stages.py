@@ -439,7 +439,7 @@ class CameraWorker:
         frame whose JPEG does not decode is refused, and the camera's next frame is due."""
         from reidstream.ingest.wire import BadMessage, decode_pixels
 
-        batch = _Batch(frames, [])
+        batch = _Batch(frames, [], stride=self.governor.stride)
         for tp, offset, frame in frames:
             if not self._detection_due(frame):
                 continue
@@ -483,7 +483,7 @@ class CameraWorker:
                     (frame.frame_index, frame.ts_ms, tp, offset)
                 )
                 if (tp, offset) in detections:
-                    finished += self._track(frame, detections[(tp, offset)], stats)
+                    finished += self._track(frame, detections[(tp, offset)], stats, batch.stride)
         stats.frames = len(batch.frames) - len(batch.refused)
         self._link_and_publish(finished, stats)
         self._release()
@@ -506,8 +506,6 @@ class CameraWorker:
         stats.stride_changes += 1
         log.info("worker %d: frames %.1f s late (step median); detecting 1 frame in %d of each "
                  "camera", self.index, float(np.median(stats.frame_latency_ms)) / 1000.0, stride)
-        for tracker in self.trackers.values():
-            tracker.detect_stride = stride
 
     def _detections(self, batch: _Batch, stats: StepStats) -> dict[tuple[Any, int], Any]:
         """The batch's detections by (partition, offset). When the batch fails, each frame is
@@ -573,11 +571,15 @@ class CameraWorker:
         declared = "infrared" if camera in self.cfg.pipeline.infrared_cameras else "visible"
         return self._modalities.get(camera) or declared
 
-    def _track(self, frame: Any, detections: Any, stats: StepStats) -> list:
-        """Update the camera's tracker; returns the tracks this frame finished."""
+    def _track(self, frame: Any, detections: Any, stats: StepStats, stride: int) -> list:
+        """Update the camera's tracker; returns the tracks this frame finished. ``stride``:
+        the one its batch was picked at (a stride change reaches the tracker with the first
+        batch picked at the new one, not with the batch already at the detector)."""
         if frame.modality:
             self._modalities[frame.camera] = frame.modality
         tracker = self._tracker(frame.camera, frame.ts_ms)
+        if tracker.detect_stride != stride:
+            tracker.detect_stride = stride
         ended = []
         if tracker.last_frame is not None and frame.frame_index <= tracker.last_frame:
             # The source accepted it, so the camera's publisher restarted its numbering: end
@@ -807,6 +809,7 @@ class _Batch:
     error: Exception | None = None
     revoked: set = field(default_factory=set)  # cameras taken away meanwhile: not tracked
     refused: set = field(default_factory=set)  # (partition, offset) dead-lettered: not done
+    stride: int = 1  # the detection stride its due frames were picked at
 
 
 @contextlib.contextmanager
