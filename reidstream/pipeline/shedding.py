@@ -29,16 +29,15 @@ class StrideGovernor:
     throughout the current wait, and busy less than ``restore_busy`` of the last ``hold_s``
     (the idle time must take the shorter stride's extra detections; on time alone is no
     sign, since a worker at the edge of keeping up is on time too): one stride shorter.
-    A shorter stride that runs
-    late again within twice its wait was too short for this load: the wait doubles (up to
-    ``MAX_WAIT_FACTOR`` x ``hold_s``), so a worker that cannot keep up at ``base`` does not
-    swing between the two every few seconds; a shorter stride that held resets the wait.
+    A shorter stride that runs late again within twice its wait was too short for this load:
+    the wait doubles (up to ``MAX_WAIT_FACTOR`` x ``hold_s``), so a worker that cannot keep
+    up at ``base`` does not swing between the two every few seconds; one that held resets it.
 
     A worker's first wall-clock frames put it at ``most``; it comes down once on time (a
-    replayed scene, never on the wall clock, stays at ``base``). At start it has a backlog to read
-    (models warming up, a restart re-reading uncommitted frames), and a backlog built at a
-    stride that cannot keep up drains slowly when the longer one barely can (four cameras on
-    two cores: BENCHMARKS.md "Shedding load").
+    replayed scene, never on the wall clock, stays at ``base``). At start it has a backlog to
+    read (models warming up, a restart re-reading uncommitted frames), and a backlog built at
+    a stride that cannot keep up drains slowly when the longer one barely can (four cameras
+    on two cores: BENCHMARKS.md "Shedding load").
     """
 
     def __init__(self, base: int, most: int, shed_ms: float, restore_ms: float, hold_s: float,
