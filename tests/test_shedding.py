@@ -100,6 +100,26 @@ def test_a_stride_that_runs_late_again_soon_is_retried_later_and_later() -> None
     assert on_time(g, clock) == 2.0
 
 
+def test_a_stride_only_just_too_short_fails_slowly_and_is_retried_later_and_later() -> None:
+    """Two cameras in a slow spell: stride 1 runs late only after ~6 s, each time. That is a
+    failure too (within 64 s of the return), or the worker would swing every ~8 s."""
+    clock = Clock()
+    g = governor(clock)
+    g.observe(ON_TIME)
+    waits = []
+    for _ in range(4):
+        waits.append(on_time(g, clock))
+        for _ in range(24):  # 6 s at stride 1, on time
+            clock.now += 0.25
+            assert g.observe(BETWEEN) == 1
+        clock.now += 0.25
+        assert g.observe(LATE) == 1  # the window's median is not late yet
+        while g.observe(LATE) == 1:
+            clock.now += 0.25
+    # 2, 4, 8, 16 s, after the first plus the second the late frames take to leave the window
+    assert waits == [2.0, 5.0, 9.0, 17.0]
+
+
 def test_replayed_frames_and_a_fixed_stride_never_shed() -> None:
     clock = Clock()
     g = governor(clock)

@@ -29,9 +29,10 @@ class StrideGovernor:
     throughout the current wait, and busy less than ``restore_busy`` of the last ``hold_s``
     (the idle time must take the shorter stride's extra detections; on time alone is no
     sign, since a worker at the edge of keeping up is on time too): one stride shorter.
-    A shorter stride that runs late again within twice its wait was too short for this load:
-    the wait doubles (up to ``MAX_WAIT_FACTOR`` x ``hold_s``), so a worker that cannot keep
-    up at ``base`` does not swing between the two every few seconds; one that held resets it.
+    A shorter stride that runs late again within ``MAX_WAIT_FACTOR`` x ``hold_s`` (64 s) of
+    its return was too short for this load: the wait doubles (up to that), so a worker that
+    cannot keep up at ``base``, or only just cannot, does not swing between the two every few
+    seconds; one that held longer resets it.
 
     A worker's first wall-clock frames put it at ``most``; it comes down once on time (a
     replayed scene, never on the wall clock, stays at ``base``). At start it has a backlog to
@@ -97,9 +98,9 @@ class StrideGovernor:
             self._on_time_since = now
         since = now - self._changed_at
         if late > self.shed_ms and self.stride < self.most and since >= self.hold_s:
-            recent = self._lowered_at is not None and now - self._lowered_at < 2 * self._wait_s
-            self._wait_s = min(2 * self._wait_s, MAX_WAIT_FACTOR * self.hold_s) if recent \
-                else self.hold_s
+            longest = MAX_WAIT_FACTOR * self.hold_s
+            failed = self._lowered_at is not None and now - self._lowered_at < longest
+            self._wait_s = min(2 * self._wait_s, longest) if failed else self.hold_s
             self._set(self.stride + 1, now)
         elif (late < self.restore_ms and self.stride > self.base and since >= self._wait_s
               and now - self._on_time_since >= self._wait_s
