@@ -311,6 +311,10 @@ class DetectionConfig:
                               f">= 0 and below detection.shed_latency_s ({self.shed_latency_s})")
         if not 0 < self.restore_busy <= 1:
             raise ConfigError(f"detection.restore_busy must be in (0, 1], got {self.restore_busy}")
+        if self.shed_hold_s < 0:
+            raise ConfigError(f"detection.shed_hold_s must be >= 0, got {self.shed_hold_s}")
+        if self.max_stride < 1:
+            raise ConfigError(f"detection.max_stride must be >= 1, got {self.max_stride}")
 
 
 @dataclass

@@ -137,7 +137,11 @@ def test_shedding_settings_are_checked() -> None:
         load_config(overrides={"detection.restore_latency_s": 1.0})
     with pytest.raises(ConfigError, match="detection.stride"):
         load_config(overrides={"detection.stride": 0})
-    with pytest.raises(ValueError, match="shed_hold_s"):
+    with pytest.raises(ConfigError, match="shed_hold_s"):
+        load_config(overrides={"detection.shed_hold_s": -1.0})
+    with pytest.raises(ConfigError, match="max_stride"):
+        load_config(overrides={"detection.max_stride": 0})
+    with pytest.raises(ValueError, match="shed_hold_s"):  # the governor guards its own use too
         StrideGovernor(1, 2, 1000.0, 500.0, -1.0)
     cfg = load_config()
     assert cfg.detection.max_stride > cfg.detection.stride  # on by default
