@@ -577,7 +577,7 @@ class CameraWorker:
         batch picked at the new one, not with the batch already at the detector)."""
         if frame.modality:
             self._modalities[frame.camera] = frame.modality
-        tracker = self._tracker(frame.camera, frame.ts_ms)
+        tracker = self._tracker(frame.camera, frame.ts_ms, stride)
         if tracker.detect_stride != stride:
             tracker.detect_stride = stride
         ended = []
@@ -723,7 +723,7 @@ class CameraWorker:
         mean = np.mean([cache[c.frame_index] for c in track.crops], axis=0)
         return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
-    def _tracker(self, camera: str, first_ts_ms: int) -> Any:
+    def _tracker(self, camera: str, first_ts_ms: int, stride: int) -> Any:
         from reidstream.adaptation.harvest import new_session
         from reidstream.ids import id_base
         from reidstream.tracking import CameraTracker
@@ -737,7 +737,7 @@ class CameraWorker:
             self._call(self.linker.supersede, camera, base, first_ts_ms)
             self.trackers[camera] = CameraTracker(
                 self.cfg.tracking, self.cfg.pipeline.default_fps, camera=camera,
-                detect_stride=self.governor.stride, id_base=base,
+                detect_stride=stride, id_base=base,
             )
             self._sessions[camera] = new_session()
         return self.trackers[camera]
