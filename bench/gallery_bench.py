@@ -45,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nprobe", type=int, default=0, help="ivf: lists visited (0: nlist/8)")
     parser.add_argument("--single", type=int, default=0, help="one-query searches to time")
+    parser.add_argument("--ivf-storage", default="", help="ivf: f32 | fp16 (default: the config's)")
     parser.add_argument("--per-identity", type=int, default=8, help="vectors per identity")
     parser.add_argument("--family", type=int, default=0,
                         help="identities per look-alike family (0: all independent)")
@@ -163,6 +164,7 @@ def index_config(base, kind: str, size: int, shards: int, args: argparse.Namespa
         nprobe=args.nprobe or max(8, nlist // 8),
         hnsw_m=args.hnsw_m,
         hnsw_ef_construction=args.hnsw_ef_construction,
+        ivf_storage=args.ivf_storage or base.ivf_storage,
         threads=max(1, args.num_cpus // shards),  # one shard gets every core, four share them
         use_gpu=False,
     )
@@ -224,7 +226,8 @@ def main() -> int:
                     cfg = index_config(base, kind, size, shards, args)
                     row = run_one(ShardedGallery, cfg, dim, ids, vecs, meta, queries, exact, args,
                                   singles)
-                    params = {"flat": "exact", "ivf": f"nlist={cfg.nlist} nprobe={cfg.nprobe}"}
+                    ivf = f"nlist={cfg.nlist} nprobe={cfg.nprobe} {cfg.ivf_storage}"
+                    params = {"flat": "exact", "ivf": ivf}
                     params["hnsw"] = (
                         f"M={cfg.hnsw_m} efC={cfg.hnsw_ef_construction} efS={cfg.hnsw_ef_search}"
                     )

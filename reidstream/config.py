@@ -496,6 +496,7 @@ class GalleryConfig:
     nlist: int
     nprobe: int
     ivf_train_per_list: int
+    ivf_storage: str
     hnsw_m: int
     hnsw_ef_construction: int
     hnsw_ef_search: int

@@ -15,8 +15,11 @@ DIM = 48
 
 
 def make_cfg(index: str = "flat", **overrides) -> GalleryConfig:
-    """The shipped defaults, with index sizes scaled down to test-sized galleries."""
-    small = dict(index=index, nlist=16, nprobe=8, ivf_train_per_list=39, hnsw_m=16)
+    """The shipped defaults, with index sizes scaled down to test-sized galleries. IVF lists
+    in f32, so scores and vectors compare exactly; the default fp16 lists have their own test
+    against these (``test_ivf_fp16_lists_...``)."""
+    small = dict(index=index, nlist=16, nprobe=8, ivf_train_per_list=39, hnsw_m=16,
+                 ivf_storage="f32")
     small.update(hnsw_ef_construction=40, hnsw_ef_search=48, use_gpu=False)
     small.update(overrides)
     return dataclasses.replace(load_config().gallery, **small)
@@ -211,6 +214,35 @@ def test_save_load_round_trip(kind, tmp_path):
     with pytest.raises(ValueError, match="holds a"):
         GalleryShard(make_cfg(kind), DIM + 1).load(tmp_path / "g")
 
+
+
+def test_ivf_fp16_lists_find_what_f32_lists_find_and_give_the_vectors_back(tmp_path):
+    """``gallery.ivf_storage: fp16`` (the default): the lists hold halves. The same neighbours
+    as f32 lists, scores within a half's rounding, vectors handed back (a rescale, a rebuild)
+    within it; remove, rebuild and a save-load keep working; an unknown storage is refused."""
+    half, ids, vecs = filled("ivf", n=800, ivf_storage="fp16")  # trains at 16 x 39 = 624
+    full, _, _ = filled("ivf", n=800, ivf_storage="f32")
+    assert half.stats()["trained"] and full.stats()["trained"]
+    queries = probes(40, identities=120, seed=21)
+    half_sims, half_ids = half.search(queries, 10)
+    full_sims, full_ids = full.search(queries, 10)
+    assert recall(half_ids, full_ids) >= 0.97
+    np.testing.assert_allclose(half_sims[:, 0], full_sims[:, 0], atol=2e-3)
+    got_ids, got_vecs, _ = half.entries()
+    order = np.argsort(got_ids)
+    np.testing.assert_array_equal(got_ids[order], ids)
+    np.testing.assert_allclose(got_vecs[order], vecs, atol=1e-3)
+    assert np.abs(got_vecs[order] - vecs).max() > 0  # halves, not the f32 vectors
+    half.remove(ids[:50])
+    half.rebuild()
+    assert len(half) == 750 and half.stats()["trained"]
+    assert half.search(vecs[60:61], 1)[1][0, 0] == ids[60]
+    half.save(tmp_path / "g")
+    restored = GalleryShard(make_cfg("ivf", ivf_storage="fp16"), DIM)
+    restored.load(tmp_path / "g")
+    np.testing.assert_array_equal(restored.search(queries, 5)[1], half.search(queries, 5)[1])
+    with pytest.raises(ConfigError, match="ivf_storage"):
+        GalleryShard(make_cfg("ivf", ivf_storage="int8"), DIM)
 
 def test_eviction_of_oldest_by_end_ms():
     shard = GalleryShard(make_cfg("flat", max_vectors_per_shard=5), DIM)

@@ -46,6 +46,7 @@ GPU_MAX_K = 2048  # FAISS GPU k-selection limit; the oversampled k must stay und
 GPU_MAX_TOMBSTONES = 1024  # re-copy a GPU replica before oversampling gets near that limit
 
 INDEX_KINDS: Registry[type[_Backend]] = Registry("gallery index")
+IVF_STORAGE = {"f32", "fp16"}  # gallery.ivf_storage: how an IVF's lists keep the vectors
 
 
 # --------------------------------------------------------------------------- input checks
@@ -138,6 +139,9 @@ def check_gallery_config(cfg: GalleryConfig) -> None:
     """Reject values FAISS would choke on later, naming the key."""
     if cfg.index not in INDEX_KINDS:
         raise ConfigError(f"gallery.index: {cfg.index!r} is not one of {INDEX_KINDS.names()}")
+    if cfg.ivf_storage not in IVF_STORAGE:
+        raise ConfigError(f"gallery.ivf_storage: {cfg.ivf_storage!r} is not one of "
+                          f"{sorted(IVF_STORAGE)}")
     positive = ("num_shards", "nlist", "nprobe", "ivf_train_per_list", "hnsw_m")
     positive += ("hnsw_ef_construction", "hnsw_ef_search")
     for key in positive:
@@ -275,7 +279,15 @@ class _IVF(_Backend):
 
     def train(self, labels: np.ndarray, vectors: np.ndarray) -> faiss.Index:
         quantizer = faiss.IndexFlatIP(self.dim)
-        index = faiss.IndexIVFFlat(quantizer, self.dim, self.cfg.nlist, faiss.METRIC_INNER_PRODUCT)
+        if self.cfg.ivf_storage == "fp16":
+            # Raw halves, not residuals: a list's codes decode on their own (``_extract``).
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, self.dim, self.cfg.nlist, faiss.ScalarQuantizer.QT_fp16,
+                faiss.METRIC_INNER_PRODUCT, False,
+            )
+        else:
+            index = faiss.IndexIVFFlat(quantizer, self.dim, self.cfg.nlist,
+                                       faiss.METRIC_INNER_PRODUCT)
         index.cp.spherical = True  # centroids on the sphere, like the data
         index.train(vectors)
         index.add_with_ids(vectors, labels)
@@ -350,7 +362,11 @@ def _extract(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
         invlists.release_codes(lst, codes_ptr)
     if not labels:
         return np.empty(0, np.int64), np.empty((0, ivf.d), np.float32)
-    flat = np.concatenate(vectors).view(np.float32).reshape(-1, ivf.d)
+    codes = np.concatenate(vectors)
+    if ivf.code_size == 2 * ivf.d:  # ivf_storage fp16: raw IEEE halves
+        flat = codes.view(np.float16).astype(np.float32).reshape(-1, ivf.d)
+    else:
+        flat = codes.view(np.float32).reshape(-1, ivf.d)
     return np.concatenate(labels).astype(np.int64), flat
 
 
