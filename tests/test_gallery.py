@@ -215,7 +215,6 @@ def test_save_load_round_trip(kind, tmp_path):
         GalleryShard(make_cfg(kind), DIM + 1).load(tmp_path / "g")
 
 
-
 def test_ivf_fp16_lists_find_what_f32_lists_find_and_give_the_vectors_back(tmp_path):
     """``gallery.ivf_storage: fp16`` (the default): the lists hold halves. The same neighbours
     as f32 lists, scores within a half's rounding, vectors handed back (a rescale, a rebuild)
@@ -243,6 +242,7 @@ def test_ivf_fp16_lists_find_what_f32_lists_find_and_give_the_vectors_back(tmp_p
     np.testing.assert_array_equal(restored.search(queries, 5)[1], half.search(queries, 5)[1])
     with pytest.raises(ConfigError, match="ivf_storage"):
         GalleryShard(make_cfg("ivf", ivf_storage="int8"), DIM)
+
 
 def test_eviction_of_oldest_by_end_ms():
     shard = GalleryShard(make_cfg("flat", max_vectors_per_shard=5), DIM)
