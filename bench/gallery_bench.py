@@ -8,8 +8,9 @@ recall@k against exact numpy search. Prints a Markdown table.
 
     python bench/gallery_bench.py                      # the full grid (a few minutes on 2 cores)
     python bench/gallery_bench.py --sizes 10000 --dims 512 --kinds flat
-    python bench/gallery_bench.py --sizes 1000000 --dims 256 --kinds ivf hnsw --shards 2 \
-        --single 300                                   # the 1M-identity row (BENCHMARKS.md)
+    python bench/gallery_bench.py --fit cuhk03-labeled --fit-dim 256 --sizes 1000000 --kinds ivf \
+        --shards 1 --threads 1 --nlist 1414 --nprobe 56 --per-identity 1 --single 500 \
+        --queries 200                                  # the 1M-identity row (BENCHMARKS.md)
 
 ``--single N`` also times N one-query searches (what the linker does per track) and reports
 their p50 / p99 in ms; MB/shard is the resident memory of a shard actor after the build.
@@ -43,7 +44,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--hnsw-ef-construction", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--nlist", type=int, default=0,
+                        help="ivf: lists per shard (0: ~sqrt(vectors per shard))")
     parser.add_argument("--nprobe", type=int, default=0, help="ivf: lists visited (0: nlist/8)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="FAISS threads per shard (0: the cores shared out among the shards)")
     parser.add_argument("--single", type=int, default=0, help="one-query searches to time")
     parser.add_argument("--ivf-storage", default="", help="ivf: f32 | fp16 (default: the config's)")
     parser.add_argument("--per-identity", type=int, default=8, help="vectors per identity")
@@ -155,7 +160,7 @@ def _pair_cosine(feats: np.ndarray, ids: np.ndarray) -> float:
 def index_config(base, kind: str, size: int, shards: int, args: argparse.Namespace):
     """Index sizes scaled to the vectors each shard will hold."""
     per_shard = size // shards
-    nlist = max(16, int(round(math.sqrt(per_shard))))
+    nlist = args.nlist or max(16, int(round(math.sqrt(per_shard))))
     return dataclasses.replace(
         base,
         index=kind,
@@ -165,7 +170,8 @@ def index_config(base, kind: str, size: int, shards: int, args: argparse.Namespa
         hnsw_m=args.hnsw_m,
         hnsw_ef_construction=args.hnsw_ef_construction,
         ivf_storage=args.ivf_storage or base.ivf_storage,
-        threads=max(1, args.num_cpus // shards),  # one shard gets every core, four share them
+        # One shard gets every core, four share them; the pipeline's shard actor has one thread.
+        threads=args.threads or max(1, args.num_cpus // shards),
         use_gpu=False,
     )
 

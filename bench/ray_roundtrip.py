@@ -6,15 +6,19 @@ Times ``ray.get([a.search.remote(q) for a in actors])`` with actors that do no w
 256-d query in, ten results out), then the same fan-out as a Ray Compiled Graph (beta:
 shared-memory channels instead of a task per call). Prints p50 / p99 per call in ms and the
 CPU model: what a sharded search pays before FAISS does anything (BENCHMARKS.md, "On the
-Intel Xeon the issue was filed on").
+Intel Xeon the issue was filed on"), and how busy the actors are while nobody calls: a
+compiled graph's readers poll their channels, which on a 2-core node costs the pipeline a core
+per actor (why the gallery does not use one).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
+import psutil
 
 
 def main() -> int:
@@ -34,8 +38,20 @@ def main() -> int:
         def search(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             return q[:, :10].copy(), np.zeros((q.shape[0], 10), np.int64)
 
+        def pid(self) -> int:
+            return os.getpid()
+
     actors = [Idle.remote() for _ in range(args.actors)]
     query = np.random.default_rng(0).random((1, 256), dtype=np.float32)
+
+    procs = [psutil.Process(pid) for pid in ray.get([a.pid.remote() for a in actors])]
+
+    def idle_busy(seconds: float = 3.0) -> str:
+        """Each actor's CPU use while no call is made, in % of one core."""
+        for p in procs:
+            p.cpu_percent(None)
+        time.sleep(seconds)
+        return ", ".join(f"{p.cpu_percent(None):.0f} %" for p in procs)
 
     def timed(call) -> str:
         call()  # warm-up
@@ -47,12 +63,14 @@ def main() -> int:
         return f"{np.percentile(ms, 50):.2f} / {np.percentile(ms, 99):.2f}"
 
     print(f"# {cpu_model()}, {args.actors} actors, {args.calls} calls; ms per call p50 / p99")
-    print("plain tasks    ", timed(lambda: ray.get([a.search.remote(query) for a in actors])))
+    print("plain tasks    ", timed(lambda: ray.get([a.search.remote(query) for a in actors])),
+          "; idle actors busy", idle_busy())
     with InputNode() as inp:
         dag = MultiOutputNode([a.search.bind(inp) for a in actors])
     compiled = dag.experimental_compile()
     try:
-        print("compiled graph ", timed(lambda: ray.get(compiled.execute(query))))
+        print("compiled graph ", timed(lambda: ray.get(compiled.execute(query))),
+              "; idle actors busy", idle_busy())
     finally:
         compiled.teardown()
     ray.shutdown()
