@@ -294,7 +294,7 @@ def test_actors_that_cannot_all_start_are_refused_up_front():
     cfg = load_config()
     check_placement(cfg, {"CPU": 2.0})
     cfg.pipeline.num_workers, cfg.pipeline.num_detectors = 2, 2
-    with pytest.raises(ValueError, match=r"ask for 2\.5 CPU .* has 2"):
+    with pytest.raises(ValueError, match=r"ask for 2\.25 CPU .* gallery shards 0\.25\) .* has 2"):
         check_placement(cfg, {"CPU": 2.0})
     cfg.pipeline.detector_num_cpus = 0.25
     check_placement(cfg, {"CPU": 2.0})
