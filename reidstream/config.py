@@ -219,6 +219,8 @@ class GeneratorConfig:
     disc_base: int
     gen_lr: float
     dis_lr: float
+    gan_final_lr_factor: float | None
+    appearance: str
     image_recon: float
     code_recon: float
     adversarial: float

@@ -305,8 +305,9 @@ def test_a_few_steps_reduce_reconstruction_loss() -> None:
 # ---- the dgnet training objective ---------------------------------------------------------
 
 
-def _dgnet_objective(tmp_path, teacher: bool, start: int = 0):
-    """A tiny bot model as the appearance encoder, its objective on six random identities."""
+def _dgnet_objective(tmp_path, teacher: bool, start: int = 0, **more):
+    """A tiny bot model as the appearance encoder, its objective on six random identities
+    (``more``: further config overrides)."""
     from reidstream.config import load_config
     from reidstream.models import build_model, save_checkpoint
     from reidstream.models.cameras import CameraRegistry
@@ -316,7 +317,7 @@ def _dgnet_objective(tmp_path, teacher: bool, start: int = 0):
                  "model.img_height": 64, "model.img_width": 32, "train.objective": "dgnet",
                  "dgnet.structure_dim": 16, "dgnet.base_channels": 8, "dgnet.res_blocks": 1,
                  "dgnet.disc_base": 8, "dgnet.disc_scales": 2,
-                 "dgnet.discriminative_start": start, "dgnet.primary_ramp": 0}
+                 "dgnet.discriminative_start": start, "dgnet.primary_ramp": 0, **more}
     if teacher:
         path = tmp_path / "teacher.pt"
         teacher_cfg = load_config(None, overrides).model
@@ -335,14 +336,20 @@ def test_dgnet_partners_same_and_other_identity():
     assert all(pids[o] != pids[i] for i, o in enumerate(other.tolist()))
 
 
-def test_dgnet_steps_model_and_generator_then_discriminator(tmp_path):
+@pytest.mark.parametrize("appearance", ["global", "stripes"])
+def test_dgnet_steps_model_and_generator_then_discriminator(tmp_path, appearance):
     """One batch: the generator step moves model, generator and fine-grained head (all terms
     on, teacher included) and leaves the discriminator; the discriminator step then moves it
-    on the generator step's images; the schedule counts iterations."""
+    on the generator step's images; the schedule counts iterations. Both appearance codes:
+    the re-id feature, or the backbone's map over four stripes (the generator reads its
+    width, the fine-grained head keeps the re-id feature's)."""
     from reidstream.training.optim import Optimization
 
     torch.manual_seed(0)
-    objective, cfg = _dgnet_objective(tmp_path, teacher=True)
+    objective, cfg = _dgnet_objective(tmp_path, teacher=True, **{"dgnet.appearance": appearance})
+    width = {"global": objective.model.feature_dim, "stripes": 4 * 1280}[appearance]
+    assert objective.generator.appearance_mlp.net[0].in_features == width
+    assert objective.fine_head.in_features == objective.model.feature_dim
     objective.train()
     opt = Optimization(objective.optimizer_groups(), cfg.train, 10, None, fp16=False)
     assert set(opt.optimizers) == {"model", "gen", "dis"}
@@ -378,6 +385,72 @@ def test_dgnet_steps_model_and_generator_then_discriminator(tmp_path):
     assert name == "dgnet_generations.png" and per_row == 8  # the first batch's eight people
     assert grid.shape == (24, 3, 64, 32) and 0.0 <= float(grid.min()) <= float(grid.max()) <= 1.0
     assert torch.equal(bn.running_mean, stats) and objective.training  # nothing moved
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # no batch ran
+@pytest.mark.parametrize("gan_final", [None, 1.0])
+def test_gan_rates_stay_flat_while_the_model_anneals(tmp_path, gan_final):
+    """``dgnet.gan_final_lr_factor: 1.0``: over a time budget the re-id model's rate follows
+    warm-up and cosine to ``train.final_lr_factor`` while the generator's and
+    discriminator's stay at ``gen_lr`` / ``dis_lr`` after warm-up, also after a resume;
+    ``null`` (the default) anneals all three alike."""
+    from reidstream.training.optim import BudgetClock, Optimization
+
+    objective, cfg = _dgnet_objective(
+        tmp_path, teacher=False, **{"dgnet.gan_final_lr_factor": gan_final,
+                                    "dgnet.gen_lr": 0.001, "dgnet.dis_lr": 0.0005,
+                                    "train.max_minutes": 10, "train.epochs": 10,
+                                    "train.warmup_epochs": 1, "train.final_lr_factor": 0.01})
+    clock = BudgetClock(cfg.train.max_minutes)
+    opt = Optimization(objective.optimizer_groups(), cfg.train, 10, clock, fp16=False)
+
+    def rates() -> dict[str, float]:
+        return {n: o.param_groups[0]["lr"] for n, o in opt.optimizers.items()}
+
+    start = rates()
+    assert start["gen"] == pytest.approx(0.001 * cfg.train.warmup_factor)  # warm-up for all
+    for fraction in (0.1, 0.5, 1.0):
+        clock.update(fraction * clock.budget_s)
+        opt.schedule()
+        seen = rates()
+        decay = 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (fraction - 0.1) / 0.9))
+        assert seen["model"] == pytest.approx(cfg.train.lr * decay)
+        gan = 1.0 if gan_final == 1.0 else decay
+        assert seen["gen"] == pytest.approx(0.001 * gan)
+        assert seen["dis"] == pytest.approx(0.0005 * gan)
+    again = Optimization(objective.optimizer_groups(), cfg.train, 10, clock, fp16=False)
+    again.load_state_dict(opt.state_dict())
+    again.schedule()  # resumed at the budget's end: the same rates
+    assert {n: o.param_groups[0]["lr"] for n, o in again.optimizers.items()} == \
+        pytest.approx(seen)
+
+
+def test_stripe_appearance_code_is_the_map_over_four_parts():
+    """A bag-of-tricks model in train mode also gives its last map max-pooled over four
+    horizontal stripes (the stripes code); a model without one says so; eval mode is the
+    embedding alone."""
+    from reidstream.config import load_config
+    from reidstream.generative.adversarial import appearance_code, appearance_width
+    from reidstream.models import build_model
+
+    cfg = load_config(None, {"model.name": "bot", "model.pretrained": "",
+                             "model.num_classes": 3, "model.img_height": 64,
+                             "model.img_width": 32})
+    model = build_model(cfg.model).train()
+    images = torch.randn(2, 3, 64, 32)
+    out = model(images)
+    fmap = model.backbone(images)  # [2, 1280, 4, 2] at last stride 1
+    code = appearance_code(out, "stripes")
+    assert code.shape == (2, appearance_width(model, "stripes")) == (2, 1280 * 4)
+    assert torch.allclose(code.view(2, 1280, 4), fmap.amax(dim=3), atol=1e-5)
+    assert torch.equal(appearance_code(out, "global"), out.features[0])
+    assert appearance_width(model, "global") == model.feature_dim
+    assert model.eval()(images).shape == (2, model.feature_dim)
+    dimn = build_model(load_config(None, {"model.name": "dimn", "model.pretrained": ""}).model)
+    with pytest.raises(ValueError, match="stripes needs a model with a stripe code"):
+        appearance_width(dimn, "stripes")
+    with pytest.raises(ValueError, match="expected one of"):
+        appearance_width(model, "parts")
 
 
 def test_dgnet_discriminative_terms_wait_and_teacher_must_match(tmp_path):
@@ -458,13 +531,17 @@ def _gcl_objective(assets_dir, data_dir, config=None, **extra):
     return objective, cfg, (images, torch.full((8,), -1), camids, index)
 
 
-def test_gcl_steps_model_and_generator_then_discriminator(assets_dir, data_dir):
+@pytest.mark.parametrize("appearance", ["global", "stripes"])
+def test_gcl_steps_model_and_generator_then_discriminator(assets_dir, data_dir, appearance):
     """One batch: model + generator on one loss (contrast of images and of their views,
     reconstruction, codes, adversarial), then the discriminator on those views; only the real
-    features move the memory; the picture shows inputs, reconstructions and the three views."""
+    features move the memory; the picture shows inputs, reconstructions and the three views.
+    Either appearance code."""
     from reidstream.training.optim import Optimization
 
-    objective, cfg, batch = _gcl_objective(assets_dir, data_dir)
+    objective, cfg, batch = _gcl_objective(assets_dir, data_dir, **{"gcl.appearance": appearance})
+    width = {"global": objective.model.feature_dim, "stripes": 4 * 1280}[appearance]
+    assert objective.gan.generator.appearance_mlp.net[0].in_features == width
     objective.train()
     opt = Optimization(objective.optimizer_groups(), cfg.train, 10, None, fp16=False)
     assert set(opt.optimizers) == {"model", "gen", "dis"}

@@ -362,7 +362,9 @@ def test_two_worker_run_survives_a_killed_worker(ray_local, assets_dir, data_dir
 def test_dgnet_two_workers_train_generate_and_resume(ray_local, assets_dir, data_dir, tmp_path):
     """DG-Net on 2 gloo workers: three optimizers step in turn on each rank (DDP keeps the
     replicas equal), the discriminative terms switch on at step 2, every checkpoint carries
-    the generated-image grid, and an extended run resumes its loss schedule."""
+    the generated-image grid, and an extended run resumes its loss schedule. The part-level
+    (stripes) appearance code and a flat generator rate, from training through
+    ``reidstream generate``."""
     from reidstream.training.job import config_for_resume, run_training
 
     cfg = _tiny_cfg(
@@ -370,7 +372,8 @@ def test_dgnet_two_workers_train_generate_and_resume(ray_local, assets_dir, data
         **{"model.name": "bot", "model.pretrained": "", "train.objective": "dgnet",
            "train.workers": 2, "train.epochs": 2, "dgnet.structure_dim": 16,
            "dgnet.base_channels": 8, "dgnet.res_blocks": 1, "dgnet.disc_base": 8,
-           "dgnet.disc_scales": 2, "dgnet.discriminative_start": 2, "dgnet.primary_ramp": 0},
+           "dgnet.disc_scales": 2, "dgnet.discriminative_start": 2, "dgnet.primary_ramp": 0,
+           "dgnet.appearance": "stripes", "dgnet.gan_final_lr_factor": 1.0},
     )
     outcome = run_training(cfg)
     run_dir = tmp_path / "run"
@@ -387,6 +390,8 @@ def test_dgnet_two_workers_train_generate_and_resume(ray_local, assets_dir, data
     state = torch.load(final / "train_state.pt", map_location="cpu", weights_only=True)
     assert set(state["optimization"]) == {"model", "gen", "dis"}
     assert int(state["loss_state"]["iteration"]) == 4
+    mlp_in = state["loss_state"]["gan.generator.appearance_mlp.net.0.weight"].shape[1]
+    assert mlp_in == 1280 * 4  # MobileNetV2's last map over four stripes
     longer = config_for_resume(str(run_dir), ["train.epochs=3"])
     run_training(longer, resume=True)
     history = _history(run_dir)

@@ -20,10 +20,26 @@ from reidstream.device import full_precision
 from reidstream.generative.losses import lsgan_d_loss
 from reidstream.generative.networks import Generator, MultiScaleDiscriminator, to_unit_range
 
+APPEARANCE_CODES = ("global", "stripes")
 
-def appearance_width(model: nn.Module) -> int:
-    """Width of the re-id model's global feature (its first head's): the appearance code."""
-    return model.feature_dim // len(getattr(model, "heads", [None]))
+
+def appearance_width(model: nn.Module, kind: str = "global") -> int:
+    """Width of the appearance code ``kind`` (``dgnet.appearance``): the re-id model's global
+    feature (its first head's), or its last feature map max-pooled over horizontal stripes
+    (DG-Net's part-level code: which colour sits where, that one pooled vector blurs)."""
+    if kind == "global":
+        return model.feature_dim // len(getattr(model, "heads", [None]))
+    if kind == "stripes":
+        if getattr(model, "stripe_dim", 0) <= 0:
+            raise ValueError(f"appearance: stripes needs a model with a stripe code (bot); "
+                             f"{type(model).__name__} has none: use appearance: global")
+        return model.stripe_dim
+    raise ValueError(f"appearance {kind!r}: expected one of {APPEARANCE_CODES}")
+
+
+def appearance_code(out: Any, kind: str) -> Tensor:
+    """The appearance code ``kind`` from a train-mode model output."""
+    return out.extras["stripes"] if kind == "stripes" else out.features[0]
 
 
 def build_generator(
@@ -56,15 +72,18 @@ class AdversarialPair(nn.Module):
             num_scales=settings.disc_scales, base=settings.disc_base
         )
         self.gen_lr, self.dis_lr = settings.gen_lr, settings.dis_lr
+        # the generator's and discriminator's own cosine end (None: the run's)
+        self.final_lr_factor = settings.gan_final_lr_factor
         self.mean, self.std = tuple(mean), tuple(std)
         self._fake: Tensor | None = None
 
     def optimizer_groups(self) -> dict[str, list[dict]]:
+        final = {} if self.final_lr_factor is None else {"final_lr_factor": self.final_lr_factor}
         return {
             "gen": [{"params": list(self.generator.parameters()), "weight_decay": 0.0,
-                     "lr": self.gen_lr}],
+                     "lr": self.gen_lr, **final}],
             "dis": [{"params": list(self.discriminator.parameters()), "weight_decay": 0.0,
-                     "lr": self.dis_lr}],
+                     "lr": self.dis_lr, **final}],
         }
 
     def remember(self, fake: Tensor) -> None:

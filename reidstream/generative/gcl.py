@@ -39,6 +39,7 @@ from reidstream.config import Config, TrainConfig
 from reidstream.device import full_precision
 from reidstream.generative.adversarial import (
     AdversarialPair,
+    appearance_code,
     appearance_width,
     draw_without_moving,
     generator_then_discriminator,
@@ -97,8 +98,7 @@ class GCLObjective(SpCLObjective):
         self.settings = g
         self.view_kinds = torch.tensor([VIEWS.index(v) for v in g.views])
         self.mean, self.std = tuple(run.data.mean), tuple(run.data.std)
-        width = appearance_width(model)
-        self.gan = AdversarialPair(width, g, self.mean, self.std)
+        self.gan = AdversarialPair(appearance_width(model, g.appearance), g, self.mean, self.std)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self._records, self._run = list(data.records), run
         self._shown: tuple[Tensor, Tensor] | None = None
@@ -134,7 +134,7 @@ class GCLObjective(SpCLObjective):
             raise ValueError("gcl needs the dataset index of every sample")
         g, s = self.gan.generator, self.settings
         out = self.model(images, camids)
-        appearance = out.features[0]
+        appearance = appearance_code(out, s.appearance)
         structure = g.encode_structure(images)
         kinds = self.view_kinds[torch.randint(len(self.view_kinds), (len(images),))]
         kinds = kinds.to(images.device)
@@ -154,7 +154,8 @@ class GCLObjective(SpCLObjective):
             flip = kinds == VIEWS.index("flip")
             if flip.any():  # a mirrored structure with the same appearance: the mirrored image
                 recon = recon + reconstruction_l1(view[flip].float(), real[flip].flip(-1))
-            code = latent_reconstruction(out_v.features[0].float(), appearance.detach().float()) \
+            code = latent_reconstruction(appearance_code(out_v, s.appearance).float(),
+                                         appearance.detach().float()) \
                 + latent_reconstruction(read_back.float(), structure_v.detach().float())
             g_adv = lsgan_g_loss([o.float() for o in judged])
             total = (contrast + self.view_weight(int(self.iteration)) * view_contrast
@@ -178,7 +179,7 @@ class GCLObjective(SpCLObjective):
     @torch.no_grad()
     def sample_grid(self, images: Tensor, camids: Tensor) -> Tensor:
         g = self.gan.generator
-        appearance = self.model(images, camids).features[0]
+        appearance = appearance_code(self.model(images, camids), self.settings.appearance)
         structure = g.encode_structure(images)
         rows = [to_unit_range(images, self.mean, self.std), g.decode(structure, appearance)]
         for kind in range(len(VIEWS)):

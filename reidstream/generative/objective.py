@@ -32,6 +32,7 @@ from reidstream.config import Config, TrainConfig
 from reidstream.device import full_precision
 from reidstream.generative.adversarial import (
     AdversarialPair,
+    appearance_code,
     appearance_width,
     draw_without_moving,
     generator_then_discriminator,
@@ -92,10 +93,9 @@ class DGNetObjective(Objective):
             primary_ramp=d.primary_ramp,
         )
         self.mean, self.std = tuple(run.data.mean), tuple(run.data.std)
-        # The appearance code is the global feature (the first of the model's heads).
-        width = appearance_width(model)
-        self.gan = AdversarialPair(width, d, self.mean, self.std)
-        self.fine_head = nn.Linear(width, model.cfg.num_classes)
+        # The appearance code: the global feature (the first head's) or part-level stripes.
+        self.gan = AdversarialPair(appearance_width(model, d.appearance), d, self.mean, self.std)
+        self.fine_head = nn.Linear(appearance_width(model), model.cfg.num_classes)
         # Saved with the loss state, so a resumed run keeps its place in the loss schedule.
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
         self._teacher = [load_teacher(d.teacher, run, model.cfg.num_classes)] if d.teacher \
@@ -143,7 +143,7 @@ class DGNetObjective(Objective):
     def _generator_step(self, images, pids, camids, same, other):
         w, step = self.weights, int(self.iteration)
         out = self.model(images, camids)
-        appearance, logits = out.features[0], out.logits[0]
+        appearance, logits = appearance_code(out, self.settings.appearance), out.logits[0]
         structure = self.generator.encode_structure(images)
         real = to_unit_range(images, self.mean, self.std)
         own = self.generator.decode(structure, appearance)
@@ -161,8 +161,9 @@ class DGNetObjective(Objective):
             parts = {
                 "recon": reconstruction_l1(own.float(), real) + reconstruction_l1(mate.float(),
                                                                                     real),
-                "code": latent_reconstruction(out_g.features[0].float(),
-                                              appearance.detach().float())
+                "code": latent_reconstruction(
+                    appearance_code(out_g, self.settings.appearance).float(),
+                    appearance.detach().float())
                 + latent_reconstruction(structure_g.float(), structure[other].detach().float()),
                 "id": identity_ce(logits.float(), pids),
                 "cross_id": identity_ce(out_g.logits[0].float(), pids),
@@ -209,7 +210,7 @@ class DGNetObjective(Objective):
         input's appearance on the next input's structure), in [0, 1] for an image grid."""
         n = images.shape[0]
         donors = torch.roll(torch.arange(n, device=images.device), -1)
-        appearance = self.model(images, camids).features[0]
+        appearance = appearance_code(self.model(images, camids), self.settings.appearance)
         structure = self.generator.encode_structure(images)
         return picture_rows([to_unit_range(images, self.mean, self.std),
                              self.generator.decode(structure, appearance),

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reidstream.generative.adversarial import (
+    appearance_code,
     appearance_width,
     build_generator,
     statistics_frozen,
@@ -112,12 +113,14 @@ class TrainedGenerator:
     model: nn.Module
     generator: Generator
     cfg: Any  # the run's Config
+    settings: Any  # its dgnet: or gcl: section
 
     @torch.no_grad()
     def swap(self, images: Tensor, camids: Tensor) -> Tensor:
         """``[N, N, 3, H, W]`` in [0, 1]: entry (i, j) wears image i's appearance on image
         j's structure (the diagonal: self-reconstructions)."""
-        return swap_grid(self.generator, images, self.model(images, camids).features[0])
+        out = self.model(images, camids)
+        return swap_grid(self.generator, images, appearance_code(out, self.settings.appearance))
 
     def unit(self, images: Tensor) -> Tensor:
         """Normalised inputs -> [0, 1] pixels."""
@@ -156,13 +159,14 @@ def load_trained_generator(run_dir: str | Path) -> TrainedGenerator:
                    if any(k.startswith(p) for k in state)), None)
     if prefix is None:
         raise KeyError(f"{folder}: no generator weights in its training state")
-    generator = build_generator(appearance_width(model), settings, cfg.data.mean, cfg.data.std)
+    generator = build_generator(appearance_width(model, settings.appearance), settings,
+                                cfg.data.mean, cfg.data.std)
     generator.load_state_dict({k[len(prefix):]: v for k, v in state.items()
                                if k.startswith(prefix)})
     generator.eval()
     for p in [*model.parameters(), *generator.parameters()]:
         p.requires_grad_(False)
-    return TrainedGenerator(model, generator, cfg)
+    return TrainedGenerator(model, generator, cfg, settings)
 
 
 def query_people(cfg: Any, dataset: str, count: int, offset: int = 0) -> tuple[Tensor, Tensor]:

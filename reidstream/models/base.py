@@ -50,6 +50,9 @@ class ReIDModel(nn.Module):
     """
 
     feature_dim: int
+    # > 0: train mode's ``extras["stripes"]`` holds this many values per image, the last
+    # feature map max-pooled over horizontal stripes (DG-Net's part-level appearance code)
+    stripe_dim = 0
     # True: ``forward`` also takes ``modalities`` (0 visible, 1 infrared per image; DDRL)
     takes_modality = False
 
@@ -78,7 +81,9 @@ class ReIDModel(nn.Module):
     ) -> ReIDOutput | Tensor:
         raise NotImplementedError
 
-    def _output(self, features: list[Tensor], heads: nn.ModuleList) -> ReIDOutput | Tensor:
+    def _output(
+        self, features: list[Tensor], heads: nn.ModuleList, extras: dict[str, Tensor] | None = None
+    ) -> ReIDOutput | Tensor:
         """Run each feature through its neck; train: all heads, eval: the concatenated embedding.
 
         Local (JPM) features are divided by their count so the global feature keeps half the
@@ -97,7 +102,8 @@ class ReIDModel(nn.Module):
             embedding = torch.cat([necked[0]] + [n / local for n in necked[1:]], dim=1)
         if self.training:
             # The serving embedding too: contrastive objectives train exactly what is served.
-            return ReIDOutput(logits=logits, features=features, extras={"embedding": embedding})
+            return ReIDOutput(logits=logits, features=features,
+                              extras={"embedding": embedding, **(extras or {})})
         return embedding
 
 

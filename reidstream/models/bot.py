@@ -6,6 +6,7 @@ and a bias-free classifier. It has no side information, so camera ids are accept
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reidstream.assets import Assets
@@ -20,6 +21,8 @@ from reidstream.models.base import (
 )
 from reidstream.models.mobilenet import NUM_BLOCKS, build_trunk
 
+STRIPES = 4  # horizontal parts of the appearance code, as DG-Net's 2048 x 4 x 1
+
 
 @MODELS.register("bot")
 class BagOfTricks(ReIDModel):
@@ -29,6 +32,7 @@ class BagOfTricks(ReIDModel):
             NUM_BLOCKS, cfg.last_stride, resolve_weights(cfg.pretrained, assets)
         )
         self.proj, self.feature_dim = projection(channels, cfg.feat_dim)
+        self.stripe_dim = channels * STRIPES
         self.heads = nn.ModuleList([BNNeck(self.feature_dim, cfg.num_classes, cfg.neck)])
 
     def forward(
@@ -37,5 +41,9 @@ class BagOfTricks(ReIDModel):
         camera_ids: Tensor | None = None,
         view_ids: Tensor | None = None,
     ) -> ReIDOutput | Tensor:
-        feat = self.proj(self.backbone(images).mean(dim=(2, 3)))
-        return self._output([feat], self.heads)
+        fmap = self.backbone(images)
+        feat = self.proj(fmap.mean(dim=(2, 3)))
+        if not self.training:
+            return self._output([feat], self.heads)
+        stripes = F.adaptive_max_pool2d(fmap, (STRIPES, 1)).flatten(1)
+        return self._output([feat], self.heads, {"stripes": stripes})

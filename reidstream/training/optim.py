@@ -96,29 +96,30 @@ def build_scheduler(
     On a time budget the lr follows the share of the budget spent (warm-up takes
     ``warmup_epochs / epochs`` of it), so every run of an equal-time comparison anneals fully
     however fast its model steps; the run ends at the budget or after ``epochs``, first wins.
+    A parameter group may end its cosine elsewhere (its ``final_lr_factor`` key; 1.0 keeps
+    it flat after warm-up): a GAN's generator that must keep learning while the re-id model
+    anneals.
     """
+    finals = [g.get("final_lr_factor", cfg.final_lr_factor) for g in optimizer.param_groups]
     if clock is not None and clock.limited:
         share = min(1.0, cfg.warmup_epochs / max(cfg.epochs, 1))
         resolution = 1_000_000  # warmup_cosine works on integer steps
 
-        def by_time(_step: int) -> float:
-            return warmup_cosine(
-                int(clock.fraction * resolution),
-                resolution,
-                int(share * resolution),
-                cfg.warmup_factor,
-                cfg.final_lr_factor,
+        def by_time(final: float):
+            return lambda _step: warmup_cosine(
+                int(clock.fraction * resolution), resolution, int(share * resolution),
+                cfg.warmup_factor, final,
             )
 
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, by_time)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, [by_time(f) for f in finals])
 
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
 
-    def by_step(step: int) -> float:
-        return warmup_cosine(step, total, warmup, cfg.warmup_factor, cfg.final_lr_factor)
+    def by_step(final: float):
+        return lambda step: warmup_cosine(step, total, warmup, cfg.warmup_factor, final)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, by_step)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [by_step(f) for f in finals])
 
 
 class Optimization:
