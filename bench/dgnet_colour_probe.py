@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=100, help="steps between swap checks")
     parser.add_argument("--lr", type=float, default=0.0, help="0: the config's dgnet.gen_lr")
+    parser.add_argument("--chroma", type=float, default=-1.0,
+                        help="chroma weight of the reconstruction L1; < 0: the config's "
+                             "dgnet.chroma_weight (0 = RGB L1)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--images", type=int, default=1500, help="training images held in memory")
     parser.add_argument("--device", default="auto")
@@ -97,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     generator = build_generator(train_codes.shape[1], cfg.dgnet, cfg.data.mean,
                                 cfg.data.std).to(device)
     lr = args.lr or cfg.dgnet.gen_lr
+    chroma = args.chroma if args.chroma >= 0 else cfg.dgnet.chroma_weight
     optimizer = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
-    print(f"code {args.code} ({train_codes.shape[1]}-d), lr {lr:g}, batch {args.batch}, "
-          f"{len(images)} images, {device} ({cpu_model() if device.type == 'cpu' else ''})")
+    print(f"code {args.code} ({train_codes.shape[1]}-d), lr {lr:g}, chroma {chroma:g}, "
+          f"batch {args.batch}, {len(images)} images, {device} "
+          f"({cpu_model() if device.type == 'cpu' else ''})")
     print("| step | seconds | recon L1 | colour closer to appearance source | pose closer to "
           "structure source |\n|---|---|---|---|---|")
     start = time.time()
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         pick = torch.randint(0, len(images), (args.batch,))
         batch = images[pick].to(device)
         loss = reconstruction_l1(generator(batch, train_codes[pick]),
-                                 to_unit_range(batch, cfg.data.mean, cfg.data.std))
+                                 to_unit_range(batch, cfg.data.mean, cfg.data.std), chroma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -222,6 +222,7 @@ class GeneratorConfig:
     gan_final_lr_factor: float | None
     appearance: str
     image_recon: float
+    chroma_weight: float
     code_recon: float
     adversarial: float
 

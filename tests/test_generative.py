@@ -227,6 +227,28 @@ def test_reconstruction_identity_and_latent_losses() -> None:
     assert identity_ce(logits, torch.tensor([0, 0])).item() == pytest.approx(expected)
 
 
+def test_chroma_weighted_reconstruction_weighs_colour_and_leaves_grey_alone() -> None:
+    torch.manual_seed(3)
+    x, y = torch.rand(2, 3, 8, 4) * 2 - 1, torch.rand(2, 3, 8, 4) * 2 - 1
+    assert reconstruction_l1(x, y, 0.0).item() == pytest.approx((x - y).abs().mean().item())
+    # A grey error (the same shift on R, G and B) is luma only: no weight changes it.
+    grey = x + 0.3
+    for w in (0.5, 1.0, 4.0):
+        assert reconstruction_l1(grey, x, w).item() == pytest.approx(0.3, rel=1e-5)
+    # A colour error at equal luma (R up, B down by 0.299 / 0.114 of it) is chroma only:
+    # the loss grows with the weight, and the luma-only loss of it is zero.
+    shift = torch.tensor([0.114, 0.0, -0.299]).view(1, 3, 1, 1)
+    tinted = x + shift
+    base = reconstruction_l1(tinted, x, 1.0).item()
+    assert base > 0.1
+    assert reconstruction_l1(tinted, x, 4.0).item() == pytest.approx(4 * base, rel=1e-5)
+    assert reconstruction_l1(tinted, x, 1e-9).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="chroma_weight"):
+        reconstruction_l1(x, y, -1.0)
+    with pytest.raises(ValueError, match="B,3,H,W"):
+        reconstruction_l1(x[:, :1], y[:, :1], 2.0)
+
+
 def test_soft_label_kl() -> None:
     torch.manual_seed(7)
     logits = torch.randn(4, 10)
@@ -336,17 +358,18 @@ def test_dgnet_partners_same_and_other_identity():
     assert all(pids[o] != pids[i] for i, o in enumerate(other.tolist()))
 
 
-@pytest.mark.parametrize("appearance", ["global", "stripes"])
-def test_dgnet_steps_model_and_generator_then_discriminator(tmp_path, appearance):
+@pytest.mark.parametrize("appearance, chroma", [("global", 0.0), ("stripes", 4.0)])
+def test_dgnet_steps_model_and_generator_then_discriminator(tmp_path, appearance, chroma):
     """One batch: the generator step moves model, generator and fine-grained head (all terms
     on, teacher included) and leaves the discriminator; the discriminator step then moves it
     on the generator step's images; the schedule counts iterations. Both appearance codes:
     the re-id feature, or the backbone's map over four stripes (the generator reads its
-    width, the fine-grained head keeps the re-id feature's)."""
+    width, the fine-grained head keeps the re-id feature's); RGB or chroma-weighted L1."""
     from reidstream.training.optim import Optimization
 
     torch.manual_seed(0)
-    objective, cfg = _dgnet_objective(tmp_path, teacher=True, **{"dgnet.appearance": appearance})
+    objective, cfg = _dgnet_objective(tmp_path, teacher=True, **{"dgnet.appearance": appearance,
+                                                                 "dgnet.chroma_weight": chroma})
     width = {"global": objective.model.feature_dim, "stripes": 4 * 1280}[appearance]
     assert objective.generator.appearance_mlp.net[0].in_features == width
     assert objective.fine_head.in_features == objective.model.feature_dim
@@ -531,15 +554,17 @@ def _gcl_objective(assets_dir, data_dir, config=None, **extra):
     return objective, cfg, (images, torch.full((8,), -1), camids, index)
 
 
-@pytest.mark.parametrize("appearance", ["global", "stripes"])
-def test_gcl_steps_model_and_generator_then_discriminator(assets_dir, data_dir, appearance):
+@pytest.mark.parametrize("appearance, chroma", [("global", 0.0), ("stripes", 4.0)])
+def test_gcl_steps_model_and_generator_then_discriminator(assets_dir, data_dir, appearance,
+                                                          chroma):
     """One batch: model + generator on one loss (contrast of images and of their views,
     reconstruction, codes, adversarial), then the discriminator on those views; only the real
     features move the memory; the picture shows inputs, reconstructions and the three views.
-    Either appearance code."""
+    Either appearance code, RGB or chroma-weighted L1."""
     from reidstream.training.optim import Optimization
 
-    objective, cfg, batch = _gcl_objective(assets_dir, data_dir, **{"gcl.appearance": appearance})
+    objective, cfg, batch = _gcl_objective(assets_dir, data_dir, **{"gcl.appearance": appearance,
+                                                                     "gcl.chroma_weight": chroma})
     width = {"global": objective.model.feature_dim, "stripes": 4 * 1280}[appearance]
     assert objective.gan.generator.appearance_mlp.net[0].in_features == width
     objective.train()

@@ -150,10 +150,11 @@ class GCLObjective(SpCLObjective):
         with full_precision(images.device):
             contrast, acc, feats = self.contrast(out.extras["embedding"], index)
             view_contrast, view_acc, _ = self.contrast(out_v.extras["embedding"], index)
-            recon = reconstruction_l1(own.float(), real)
+            recon = reconstruction_l1(own.float(), real, s.chroma_weight)
             flip = kinds == VIEWS.index("flip")
             if flip.any():  # a mirrored structure with the same appearance: the mirrored image
-                recon = recon + reconstruction_l1(view[flip].float(), real[flip].flip(-1))
+                recon = recon + reconstruction_l1(view[flip].float(), real[flip].flip(-1),
+                                                  s.chroma_weight)
             code = latent_reconstruction(appearance_code(out_v, s.appearance).float(),
                                          appearance.detach().float()) \
                 + latent_reconstruction(read_back.float(), structure_v.detach().float())

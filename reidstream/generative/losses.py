@@ -14,19 +14,37 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# RGB -> (luma, blue-difference, red-difference) chroma, ITU-R BT.601 (YCbCr without offsets).
+_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
 
-def reconstruction_l1(x: Tensor, y: Tensor) -> Tensor:
+
+def reconstruction_l1(x: Tensor, y: Tensor, chroma_weight: float = 0.0) -> Tensor:
     """Image reconstruction, the paper's ``L_recon^img`` (mean absolute error).
 
     Self-identity generation: ``G(a_i, s_i)`` (same image) and ``G(a_k, s_i)`` (appearance
     from another image of the same person) are both pulled towards ``x_i``. The second term is
     what makes the appearance code invariant to pose and background within an identity. Compare
     in the decoder's ``[-1, 1]`` space (``to_unit_range`` the real image).
+
+    ``chroma_weight`` 0 is the paper's L1 on RGB. Above 0 the error is measured in YCbCr,
+    ``mean|dY| + chroma_weight * (mean|dCb| + mean|dCr|) / 2``: the structure code sees grey
+    only, so luma is the part it can explain and chroma the part only the appearance code
+    can; muted clothes leave chroma a small share of an RGB L1, and weighing it up makes
+    colour worth learning early (``dgnet.chroma_weight``).
     """
-    return F.l1_loss(x, y)
+    if chroma_weight < 0:
+        raise ValueError(f"chroma_weight must be >= 0, got {chroma_weight}")
+    if chroma_weight == 0:
+        return F.l1_loss(x, y)
+    if x.shape != y.shape or x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"chroma-weighted L1 wants two [B,3,H,W] images, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    error = torch.einsum("oc,bchw->bohw", x.new_tensor(_YCBCR), x - y).abs().mean(dim=(0, 2, 3))
+    return error[0] + chroma_weight * (error[1] + error[2]) / 2
 
 
 def latent_reconstruction(code: Tensor, target: Tensor) -> Tensor:

@@ -157,10 +157,11 @@ class DGNetObjective(Objective):
         fine_w, primary_w = w.fine_at(step), w.primary_at(step)
         fine_logits = self.fine_head(out_g.features[0]) if fine_w > 0 else None
         soft = self._soft_labels(crossed_in, camids) if primary_w > 0 and self._teacher else None
+        chroma = self.settings.chroma_weight
         with full_precision(images.device):
             parts = {
-                "recon": reconstruction_l1(own.float(), real) + reconstruction_l1(mate.float(),
-                                                                                    real),
+                "recon": reconstruction_l1(own.float(), real, chroma)
+                + reconstruction_l1(mate.float(), real, chroma),
                 "code": latent_reconstruction(
                     appearance_code(out_g, self.settings.appearance).float(),
                     appearance.detach().float())
