@@ -4,12 +4,13 @@ swaps during training. It separates "the joint objective keeps colour out" from 
 needs more steps than a CPU run gives".
 
     python bench/dgnet_colour_probe.py --code reid --steps 300       # the re-id model's features
-    python bench/dgnet_colour_probe.py --code stripes --steps 300    # each image's own colours
+    python bench/dgnet_colour_probe.py --code colours --steps 300    # each image's own colours
 
 ``--code reid``: the appearance code is what DG-Net uses, the config's re-id model's global
 feature (ImageNet MobileNetV2 here), frozen and standardised over the probe's images.
-``--code stripes``: an oracle, the image's own mean colour in four horizontal stripes, so the
-code certainly carries colour. Every ``--every`` steps it prints the swap check of
+``--code colours``: an oracle, the image's own mean colour in four horizontal stripes, so the
+code certainly carries colour (not ``dgnet.appearance: stripes``, which pools re-id features
+over the stripes). Every ``--every`` steps it prints the swap check of
 ``reidstream generate`` (24 cuhk03-detected test people, every ordered pair: is a swap's colour
 closer to its appearance source than to its structure source) and, at the end, writes the swap
 matrix of the first eight people to ``runs/bench/dgnet_colour_probe_<code>.png``. Runs on CUDA
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from reidstream.models import build_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--code", choices=("reid", "stripes"), default="reid")
+    parser.add_argument("--code", choices=("reid", "colours"), default="reid")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=100, help="steps between swap checks")
     parser.add_argument("--lr", type=float, default=0.0, help="0: the config's dgnet.gen_lr")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         out = []
         for batch in images.split(64):
             batch = batch.to(device)
-            if args.code == "stripes":
+            if args.code == "colours":
                 out.append(F.adaptive_avg_pool2d(batch, (4, 1)).flatten(1))
             else:
                 out.append(model(batch).features[0])

@@ -221,6 +221,7 @@ class GeneratorConfig:
     dis_lr: float
     gan_final_lr_factor: float | None
     appearance: str
+    appearance_norm: str
     image_recon: float
     chroma_weight: float
     code_recon: float

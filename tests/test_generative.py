@@ -178,6 +178,32 @@ def test_assign_adain_layout_and_mlp_initial_identity() -> None:
     assert torch.equal(last.bias, torch.cat([torch.ones(8), torch.zeros(8)] * 2))
 
 
+def test_batch_norm_of_the_code_lets_small_differences_between_people_through() -> None:
+    """Codes that share almost all their magnitude (as pooled features of different people
+    do): raw, the MLP's output barely differs between them; standardised over the batch it
+    differs as much as for unrelated codes, and eval mode uses the running statistics."""
+    torch.manual_seed(5)
+    shared = torch.rand(1, 64) * 5
+    codes = shared + 0.02 * torch.randn(16, 64)  # cosine between people ~0.9999
+
+    def spread(mlp: AppearanceMLP) -> float:
+        out = mlp(codes).detach()
+        return float(out.std(0).mean() / out.abs().mean())
+
+    torch.manual_seed(0)
+    raw = AppearanceMLP(64, [8, 8], norm="none")
+    torch.manual_seed(0)
+    normed = AppearanceMLP(64, [8, 8], norm="batch").train()
+    assert spread(normed) > 20 * spread(raw)
+    normed.eval()  # running statistics: one momentum step from (0, 1), not the batch's
+    assert not torch.allclose(normed(codes), normed.train()(codes))
+    assert normed.norm.running_mean.abs().sum() > 0
+    with pytest.raises(ValueError, match="appearance norm"):
+        AppearanceMLP(64, [8], norm="layer")
+    state = AppearanceMLP(64, [8]).state_dict()  # the default keeps the old layout
+    assert not any(k.startswith("norm.") for k in state)
+
+
 def test_decode_depends_on_appearance_and_swaps_with_it(generator: Generator) -> None:
     torch.manual_seed(6)
     images = torch.randn(3, 3, 128, 64)
@@ -358,18 +384,21 @@ def test_dgnet_partners_same_and_other_identity():
     assert all(pids[o] != pids[i] for i, o in enumerate(other.tolist()))
 
 
-@pytest.mark.parametrize("appearance, chroma", [("global", 0.0), ("stripes", 4.0)])
-def test_dgnet_steps_model_and_generator_then_discriminator(tmp_path, appearance, chroma):
+@pytest.mark.parametrize("appearance, chroma, norm", [("global", 0.0, "none"),
+                                                     ("stripes", 4.0, "batch")])
+def test_dgnet_steps_model_and_generator_then_discriminator(tmp_path, appearance, chroma, norm):
     """One batch: the generator step moves model, generator and fine-grained head (all terms
     on, teacher included) and leaves the discriminator; the discriminator step then moves it
     on the generator step's images; the schedule counts iterations. Both appearance codes:
     the re-id feature, or the backbone's map over four stripes (the generator reads its
-    width, the fine-grained head keeps the re-id feature's); RGB or chroma-weighted L1."""
+    width, the fine-grained head keeps the re-id feature's); RGB or chroma-weighted L1; the
+    code raw or batch-normalised."""
     from reidstream.training.optim import Optimization
 
     torch.manual_seed(0)
-    objective, cfg = _dgnet_objective(tmp_path, teacher=True, **{"dgnet.appearance": appearance,
-                                                                 "dgnet.chroma_weight": chroma})
+    objective, cfg = _dgnet_objective(tmp_path, teacher=True, **{
+        "dgnet.appearance": appearance, "dgnet.chroma_weight": chroma,
+        "dgnet.appearance_norm": norm})
     width = {"global": objective.model.feature_dim, "stripes": 4 * 1280}[appearance]
     assert objective.generator.appearance_mlp.net[0].in_features == width
     assert objective.fine_head.in_features == objective.model.feature_dim

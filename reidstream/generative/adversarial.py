@@ -46,10 +46,11 @@ def build_generator(
     appearance_dim: int, settings: Any, mean: Sequence[float], std: Sequence[float]
 ) -> Generator:
     """The generator a ``dgnet:`` / ``gcl:`` section (``structure_dim``, ``base_channels``,
-    ``res_blocks``) sizes, for images normalised by ``mean`` / ``std``."""
+    ``res_blocks``, ``appearance_norm``) sizes, for images normalised by ``mean`` / ``std``."""
     return Generator(
         appearance_dim=appearance_dim, structure_dim=settings.structure_dim,
-        base=settings.base_channels, num_res_blocks=settings.res_blocks, mean=mean, std=std,
+        base=settings.base_channels, num_res_blocks=settings.res_blocks,
+        appearance_norm=settings.appearance_norm, mean=mean, std=std,
     )
 
 
