@@ -18,8 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# RGB -> (luma, blue-difference, red-difference) chroma, ITU-R BT.601 (YCbCr without offsets).
-_YCBCR = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+from reidstream.generative.networks import LUMA_WEIGHTS
+
+# RGB -> (luma, blue-difference, red-difference chroma): YCbCr without offsets, on the luma
+# the structure encoder's grey image uses (BT.601); Cb = (B - Y) / 2(1 - wb), Cr likewise.
+_WR, _WG, _WB = LUMA_WEIGHTS
+_YCBCR = (LUMA_WEIGHTS,
+          (-_WR / (2 * (1 - _WB)), -_WG / (2 * (1 - _WB)), 0.5),
+          (0.5, -_WG / (2 * (1 - _WR)), -_WB / (2 * (1 - _WR))))
 
 
 def reconstruction_l1(x: Tensor, y: Tensor, chroma_weight: float = 0.0) -> Tensor:
