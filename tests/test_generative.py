@@ -774,3 +774,19 @@ def test_swap_scores_on_hand_built_images():
     scores = swap_scores(red, red, green)  # wearing the appearance (red), posed like both
     assert scores.colour_share == 1.0 and scores.colour_to_appearance > 0.99
     assert scores.colour_to_structure < 0.01
+
+
+def test_code_spread_tells_one_code_for_all_from_codes_that_differ(generator: Generator):
+    """Codes sharing nearly all their magnitude (as people's pooled features do) read as
+    cosine ~1 and AdaIN parameters that barely differ; unrelated codes as neither."""
+    from reidstream.generative.swap import code_spread
+
+    torch.manual_seed(7)
+    alike = code_spread(generator, torch.rand(1, 512) * 5 + 0.02 * torch.randn(8, 512))
+    apart = code_spread(generator, 3 * torch.randn(8, 512))
+    assert alike.people == apart.people == 8
+    assert alike.code_cosine > 0.99 and abs(apart.code_cosine) < 0.2
+    assert apart.adain_spread > 10 * alike.adain_spread
+    assert f"cosine between two of them {alike.code_cosine:.3f}" in alike.lines()[0]
+    with pytest.raises(ValueError, match="2 or more"):
+        code_spread(generator, torch.randn(1, 512))

@@ -359,7 +359,8 @@ def test_two_worker_run_survives_a_killed_worker(ray_local, assets_dir, data_dir
 
 
 @pytest.mark.slow
-def test_dgnet_two_workers_train_generate_and_resume(ray_local, assets_dir, data_dir, tmp_path):
+def test_dgnet_two_workers_train_generate_and_resume(ray_local, assets_dir, data_dir, tmp_path,
+                                                     capsys):
     """DG-Net on 2 gloo workers: three optimizers step in turn on each rank (DDP keeps the
     replicas equal), the discriminative terms switch on at step 2, every checkpoint carries
     the generated-image grid, and an extended run resumes its loss schedule. The part-level
@@ -404,8 +405,11 @@ def test_dgnet_two_workers_train_generate_and_resume(ray_local, assets_dir, data
     # `reidstream generate RUN`: the run's generator swaps test people and scores the swaps
     from reidstream.cli import main
 
+    capsys.readouterr()
     assert main(["generate", str(run_dir), "--dataset", "cuhk03-labeled", "--people", "4",
                  "--show", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "12 swaps" in printed and "appearance codes of 4 people: cosine" in printed
     assert Image.open(run_dir / "swap_matrix.png").size == (4 * 34 + 2, 4 * 66 + 2)
     import yaml
 

@@ -10,7 +10,9 @@ stand in the **pose of its structure source**.
 ``reidstream generate RUN_DIR`` draws the swap matrix and prints both checks over every pair of
 ``--people`` test identities: the share of pairs whose generated image is closer in colour to
 its appearance source than to its structure source, and closer in edges to its structure source
-than to its appearance source.
+than to its appearance source. It also prints how far apart the people's appearance codes are
+as the decoder receives them (:class:`CodeSpread`): a generator handed nearly one code for
+everyone learns to ignore it, whatever the losses say.
 """
 
 from __future__ import annotations
@@ -107,6 +109,36 @@ def swap_scores(generated: Tensor, appearance: Tensor, structure: Tensor) -> Swa
 
 
 @dataclass
+class CodeSpread:
+    """How different people's appearance codes look to the generator: pooled re-id features
+    of different people point nearly the same way, and if the AdaIN parameters the MLP makes
+    of them barely change from person to person, the swaps cannot follow their code."""
+
+    people: int
+    code_cosine: float  # mean cosine between two different people's codes (1: one code)
+    adain_spread: float  # across-people std of the AdaIN parameters over their mean size
+
+    def lines(self) -> list[str]:
+        return [f"appearance codes of {self.people} people: cosine between two of them "
+                f"{self.code_cosine:.3f} (1 = one code for all); the AdaIN parameters made "
+                f"of them differ between people by {100 * self.adain_spread:.1f} % of their "
+                f"size"]
+
+
+@torch.no_grad()
+def code_spread(generator: Generator, appearance: Tensor) -> CodeSpread:
+    """:class:`CodeSpread` of ``[N, ...]`` appearance codes, one per person (N >= 2)."""
+    n = len(appearance)
+    if n < 2:
+        raise ValueError(f"code spread needs codes of 2 or more people, got {n}")
+    unit = F.normalize(appearance.flatten(1).float(), dim=1)
+    cosine = (unit @ unit.T)[~torch.eye(n, dtype=torch.bool)].mean()
+    params = generator.appearance_mlp(appearance)
+    spread = params.std(0).mean() / params.abs().mean().clamp(min=1e-12)
+    return CodeSpread(people=n, code_cosine=float(cosine), adain_spread=float(spread))
+
+
+@dataclass
 class TrainedGenerator:
     """A generative run's re-id model (the appearance encoder) and generator, frozen."""
 
@@ -116,11 +148,14 @@ class TrainedGenerator:
     settings: Any  # its dgnet: or gcl: section
 
     @torch.no_grad()
+    def codes(self, images: Tensor, camids: Tensor) -> Tensor:
+        """The appearance codes the generator reads for these (normalised) images."""
+        return appearance_code(self.model(images, camids), self.settings.appearance)
+
     def swap(self, images: Tensor, camids: Tensor) -> Tensor:
         """``[N, N, 3, H, W]`` in [0, 1]: entry (i, j) wears image i's appearance on image
         j's structure (the diagonal: self-reconstructions)."""
-        out = self.model(images, camids)
-        return swap_grid(self.generator, images, appearance_code(out, self.settings.appearance))
+        return swap_grid(self.generator, images, self.codes(images, camids))
 
     def unit(self, images: Tensor) -> Tensor:
         """Normalised inputs -> [0, 1] pixels."""
@@ -209,8 +244,9 @@ def add_arguments_run_generate(parser: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     trained = load_trained_generator(args.run_dir)
     images, camids = query_people(trained.cfg, args.dataset, args.people)
-    grid, pixels = trained.swap(images, camids), trained.unit(images)
-    for line in score_grid(grid, pixels).lines():
+    codes, pixels = trained.codes(images, camids), trained.unit(images)
+    grid = swap_grid(trained.generator, images, codes)
+    for line in [*score_grid(grid, pixels).lines(), *code_spread(trained.generator, codes).lines()]:
         print(line)
     out = Path(args.out) if args.out else Path(args.run_dir) / "swap_matrix.png"
     save_swap_matrix(grid, pixels, args.show, out)
