@@ -182,13 +182,14 @@ def test_batch_norm_of_the_code_lets_small_differences_between_people_through() 
     """Codes that share almost all their magnitude (as pooled features of different people
     do): raw, the MLP's output barely differs between them; standardised over the batch it
     differs as much as for unrelated codes, and eval mode uses the running statistics."""
+    from reidstream.generative.swap import code_spread
+
     torch.manual_seed(5)
     shared = torch.rand(1, 64) * 5
     codes = shared + 0.02 * torch.randn(16, 64)  # cosine between people ~0.9999
 
-    def spread(mlp: AppearanceMLP) -> float:
-        out = mlp(codes).detach()
-        return float(out.std(0).mean() / out.abs().mean())
+    def spread(mlp: AppearanceMLP) -> float:  # as `reidstream generate` measures it
+        return code_spread(mlp, codes).adain_spread
 
     torch.manual_seed(0)
     raw = AppearanceMLP(64, [8, 8], norm="none")
@@ -782,11 +783,12 @@ def test_code_spread_tells_one_code_for_all_from_codes_that_differ(generator: Ge
     from reidstream.generative.swap import code_spread
 
     torch.manual_seed(7)
-    alike = code_spread(generator, torch.rand(1, 512) * 5 + 0.02 * torch.randn(8, 512))
-    apart = code_spread(generator, 3 * torch.randn(8, 512))
+    mlp = generator.appearance_mlp
+    alike = code_spread(mlp, torch.rand(1, 512) * 5 + 0.02 * torch.randn(8, 512))
+    apart = code_spread(mlp, 3 * torch.randn(8, 512))
     assert alike.people == apart.people == 8
     assert alike.code_cosine > 0.99 and abs(apart.code_cosine) < 0.2
     assert apart.adain_spread > 10 * alike.adain_spread
     assert f"cosine between two of them {alike.code_cosine:.3f}" in alike.lines()[0]
     with pytest.raises(ValueError, match="2 or more"):
-        code_spread(generator, torch.randn(1, 512))
+        code_spread(mlp, torch.randn(1, 512))

@@ -33,7 +33,12 @@ from reidstream.generative.adversarial import (
     statistics_frozen,
     to_pixels,
 )
-from reidstream.generative.networks import LUMA_WEIGHTS, Generator, to_unit_range
+from reidstream.generative.networks import (
+    LUMA_WEIGHTS,
+    AppearanceMLP,
+    Generator,
+    to_unit_range,
+)
 
 HUE_BINS = 12
 
@@ -126,14 +131,15 @@ class CodeSpread:
 
 
 @torch.no_grad()
-def code_spread(generator: Generator, appearance: Tensor) -> CodeSpread:
-    """:class:`CodeSpread` of ``[N, ...]`` appearance codes, one per person (N >= 2)."""
+def code_spread(mlp: AppearanceMLP, appearance: Tensor) -> CodeSpread:
+    """:class:`CodeSpread` of ``[N, ...]`` appearance codes, one per person (N >= 2), through
+    a generator's ``appearance_mlp``."""
     n = len(appearance)
     if n < 2:
         raise ValueError(f"code spread needs codes of 2 or more people, got {n}")
     unit = F.normalize(appearance.flatten(1).float(), dim=1)
     cosine = (unit @ unit.T)[~torch.eye(n, dtype=torch.bool)].mean()
-    params = generator.appearance_mlp(appearance)
+    params = mlp(appearance)
     spread = params.std(0).mean() / params.abs().mean().clamp(min=1e-12)
     return CodeSpread(people=n, code_cosine=float(cosine), adain_spread=float(spread))
 
@@ -151,11 +157,6 @@ class TrainedGenerator:
     def codes(self, images: Tensor, camids: Tensor) -> Tensor:
         """The appearance codes the generator reads for these (normalised) images."""
         return appearance_code(self.model(images, camids), self.settings.appearance)
-
-    def swap(self, images: Tensor, camids: Tensor) -> Tensor:
-        """``[N, N, 3, H, W]`` in [0, 1]: entry (i, j) wears image i's appearance on image
-        j's structure (the diagonal: self-reconstructions)."""
-        return swap_grid(self.generator, images, self.codes(images, camids))
 
     def unit(self, images: Tensor) -> Tensor:
         """Normalised inputs -> [0, 1] pixels."""
@@ -246,7 +247,8 @@ def run_generate(args: argparse.Namespace) -> int:
     images, camids = query_people(trained.cfg, args.dataset, args.people)
     codes, pixels = trained.codes(images, camids), trained.unit(images)
     grid = swap_grid(trained.generator, images, codes)
-    for line in [*score_grid(grid, pixels).lines(), *code_spread(trained.generator, codes).lines()]:
+    spread = code_spread(trained.generator.appearance_mlp, codes)
+    for line in [*score_grid(grid, pixels).lines(), *spread.lines()]:
         print(line)
     out = Path(args.out) if args.out else Path(args.run_dir) / "swap_matrix.png"
     save_swap_matrix(grid, pixels, args.show, out)
